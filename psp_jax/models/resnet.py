@@ -1,0 +1,176 @@
+"""Dilated ResNet backbones (NHWC) with mmsegmentation and hszhao/semseg layouts.
+
+Strides and paddings are explicit and symmetric, as PyTorch's, so feature maps
+have PyTorch's sizes on any input (including sizes that are not multiples of 8).
+"""
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# torchvision/mmcv ResNet initialisation: kaiming normal, fan_out, for ReLU.
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+STAGE_SIZES = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
+def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Per-stage (strides, dilations) for an output stride of 8, 16 or 32.
+
+  Stages past the wanted stride trade their stride for dilation, as DeepLab and
+  PSPNet do: OS8 is strides (1, 2, 1, 1) with dilations (1, 1, 2, 4).
+  """
+  plans = {
+      8: ((1, 2, 1, 1), (1, 1, 2, 4)),
+      16: ((1, 2, 2, 1), (1, 1, 1, 2)),
+      32: ((1, 2, 2, 2), (1, 1, 1, 1)),
+  }
+  if output_stride not in plans:
+    raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}.')
+  return plans[output_stride]
+
+
+def block_dilations(num_blocks: int, dilation: int, contract_dilation: bool) -> list[int]:
+  """Dilation of each block's 3x3 conv in one stage.
+
+  mmsegmentation's `contract_dilation` gives the first block of a dilated stage
+  half the dilation (it is the block that would have downsampled); semseg does not.
+  """
+  first = dilation // 2 if (contract_dilation and dilation > 1) else dilation
+  return [first] + [dilation] * (num_blocks - 1)
+
+
+def _pad(dilation: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  return ((dilation, dilation), (dilation, dilation))
+
+
+class BasicBlock(nn.Module):
+  """ResNet-18/34 block. As mmsegmentation's, only conv1 is dilated; conv2 keeps dilation 1."""
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  dilation: int = 1
+  downsample: bool = False
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.features, (3, 3), self.strides, padding=_pad(self.dilation),
+                  kernel_dilation=self.dilation, name='conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.conv(self.features, (3, 3), padding=_pad(1), name='conv2')(y)
+    y = self.norm(name='bn2')(y)
+    if self.downsample:
+      residual = self.conv(self.features, (1, 1), self.strides, padding='VALID',
+                           name='downsample_conv')(x)
+      residual = self.norm(name='downsample_bn')(residual)
+    return nn.relu(y + residual)
+
+
+class Bottleneck(nn.Module):
+  """ResNet-50/101/152 block, stride and dilation on the 3x3 conv (torchvision "v1.5")."""
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  dilation: int = 1
+  downsample: bool = False
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.features, (1, 1), padding='VALID', name='conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.conv(self.features, (3, 3), self.strides, padding=_pad(self.dilation),
+                  kernel_dilation=self.dilation, name='conv2')(y)
+    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.conv(self.features * 4, (1, 1), padding='VALID', name='conv3')(y)
+    y = self.norm(name='bn3')(y)
+    if self.downsample:
+      residual = self.conv(self.features * 4, (1, 1), self.strides, padding='VALID',
+                           name='downsample_conv')(x)
+      residual = self.norm(name='downsample_bn')(residual)
+    return nn.relu(y + residual)
+
+
+class DilatedResNet(nn.Module):
+  """ResNet backbone returning the four stage features.
+
+  Attributes:
+    depth: 18, 34 (BasicBlock) or 50, 101, 152 (Bottleneck).
+    stem: 'deep' (three 3x3 convs, mmseg ResNetV1c / semseg) or 'classic' (7x7, torchvision).
+    stem_widths: output channels of the three deep-stem convs: (32, 32, 64) mmseg,
+      (64, 64, 128) semseg. The classic stem uses only the last.
+    output_stride: 8, 16 or 32.
+    contract_dilation: halve the first block's dilation in dilated stages (mmseg: True).
+    base_width: channels of the first stage's 3x3 convs (64 in every standard ResNet).
+    remat: rematerialise each block in the backward pass (saves activation memory).
+    bn_axis_name: pmap axis to synchronise BatchNorm statistics over, or None.
+  """
+  depth: int = 50
+  stem: str = 'deep'
+  stem_widths: Sequence[int] = (32, 32, 64)
+  output_stride: int = 8
+  contract_dilation: bool = True
+  base_width: int = 64
+  remat: bool = False
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> list[jnp.ndarray]:
+    """Args: x: [B, H, W, 3] normalised images. Returns the outputs of stages 1-4,
+    [B, ~H/4, ~W/4, C1] ... [B, ~H/s, ~W/s, C4] for output stride s."""
+    if self.depth not in STAGE_SIZES:
+      raise ValueError(f'ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}.')
+    if self.stem not in ('deep', 'classic'):
+      raise ValueError(f"stem must be 'deep' or 'classic', got {self.stem!r}.")
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+    # PyTorch BatchNorm2d: eps 1e-5, running stats updated with momentum 0.1.
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, axis_name=self.bn_axis_name,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+
+    if self.stem == 'deep':
+      for i, (width, stride) in enumerate(zip(self.stem_widths, (2, 1, 1))):
+        x = conv(width, (3, 3), stride, padding=_pad(1), name=f'stem_conv{i}')(x)
+        x = nn.relu(norm(name=f'stem_bn{i}')(x))
+    else:
+      x = conv(self.stem_widths[-1], (7, 7), 2, padding=((3, 3), (3, 3)), name='stem_conv0')(x)
+      x = nn.relu(norm(name='stem_bn0')(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    block_cls = BasicBlock if self.depth < 50 else Bottleneck
+    expansion = block_cls.expansion
+    if self.remat:
+      block_cls = nn.remat(block_cls)
+    strides, dilations = stage_strides_and_dilations(self.output_stride)
+    in_channels = self.stem_widths[-1]
+    features = []
+    for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+      width = self.base_width * 2**stage
+      out_channels = width * expansion
+      for j, dilation in enumerate(block_dilations(num_blocks, dilations[stage],
+                                                   self.contract_dilation)):
+        stride = strides[stage] if j == 0 else 1
+        x = block_cls(width, conv=conv, norm=norm, strides=stride, dilation=dilation,
+                      downsample=(j == 0 and (stride != 1 or in_channels != out_channels)),
+                      name=f'layer{stage + 1}_{j}')(x)
+        in_channels = out_channels
+      features.append(x)
+    return features
