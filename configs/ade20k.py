@@ -15,6 +15,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.stem_widths = (32, 32, 64)  # mmseg ResNetV1c; semseg uses (64, 64, 128).
   model.output_stride = 8           # strides (1, 2, 1, 1), dilations (1, 1, 2, 4).
   model.contract_dilation = True    # mmseg: first block of a dilated stage at half dilation.
+  model.base_width = 64             # channels of stage 1's 3x3 convs (doubling per stage).
   model.pool_scales = (1, 2, 3, 6)  # pyramid bins; () gives a plain dilated FCN.
   model.ppm_channels = 512          # channels of each pyramid branch (mmseg: head channels).
   model.channels = 512              # PSPHead bottleneck channels.

@@ -137,7 +137,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], fmt: str, model: PS
   prefixes, dropped, _ = FORMATS[fmt]
   targets = target_shapes(model, backbone_only=fmt in BACKBONE_FORMATS)
   dtypes = {'params': model.param_dtype, 'batch_stats': jnp.float32}
-  flat, unexpected, misshaped = {}, [], []
+  flat, unexpected, misshaped, misshaped_targets = {}, [], [], set()
   for key, value in state_dict.items():
     key_stripped = key
     for prefix in prefixes:
@@ -154,9 +154,11 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], fmt: str, model: PS
     if value.shape != targets[target]:
       misshaped.append(f'{key}: checkpoint {tuple(value.shape)} vs model {targets[target]} '
                        f'at {"/".join(target)}')
+      misshaped_targets.add(target)
       continue
     flat[target] = value.astype(dtypes[target[0]])
-  missing = [f'{"/".join(k)} {shape}' for k, shape in targets.items() if k not in flat]
+  missing = [f'{"/".join(k)} {shape}' for k, shape in targets.items()
+             if k not in flat and k not in misshaped_targets]
   if missing or unexpected or misshaped:
     lines = [f'{fmt} checkpoint does not match the model configuration '
              '(check depth, stem, stem_widths, num_classes, pool_scales and the --format):']

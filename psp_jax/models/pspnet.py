@@ -117,6 +117,7 @@ class PSPNet(nn.Module):
   stem_widths: Sequence[int] = (32, 32, 64)
   output_stride: int = 8
   contract_dilation: bool = True
+  base_width: int = 64
   pool_scales: Sequence[int] = (1, 2, 3, 6)
   ppm_channels: int | None = None
   channels: int = 512
@@ -137,8 +138,8 @@ class PSPNet(nn.Module):
     features = DilatedResNet(
         depth=self.depth, stem=self.stem, stem_widths=tuple(self.stem_widths),
         output_stride=self.output_stride, contract_dilation=self.contract_dilation,
-        remat=self.remat, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='backbone')(images.astype(self.dtype), train)
+        base_width=self.base_width, remat=self.remat, bn_axis_name=self.bn_axis_name,
+        dtype=self.dtype, param_dtype=self.param_dtype, name='backbone')(images.astype(self.dtype), train)
     head = functools.partial(SegHead, self.num_classes, dropout_rate=self.dropout_rate,
                              align_corners=self.align_corners, bn_axis_name=self.bn_axis_name,
                              dtype=self.dtype, param_dtype=self.param_dtype)

@@ -40,12 +40,16 @@ def bilinear_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndar
   """
   if in_size < 1 or out_size < 1:
     raise ValueError(f'resizing needs positive sizes, got {in_size} -> {out_size}.')
-  dst = np.arange(out_size, dtype=np.float64)
+  # float32 arithmetic, as ATen's CPU kernel for float input: float64 here moves
+  # source coordinates by ~1e-6 and outputs by ~1e-5.
+  f32 = np.float32
+  dst = np.arange(out_size, dtype=f32)
   if align_corners:
-    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    scale = f32(in_size - 1) / f32(out_size - 1) if out_size > 1 else f32(0)
     src = dst * scale
   else:
-    src = np.maximum((dst + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    scale = f32(in_size) / f32(out_size)
+    src = np.maximum((dst + f32(0.5)) * scale - f32(0.5), f32(0))
   lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   upper = np.minimum(lower + 1, in_size - 1)
   frac = src - lower

@@ -1,0 +1,60 @@
+"""Adaptive pooling and bilinear resizing match PyTorch exactly, on sizes that do not divide."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from psp_jax.models import resample
+
+SIZES = [(7, 3), (13, 6), (5, 6), (97, 2), (1, 1), (60, 6), (17, 4)]
+
+
+def _pool_by_loop(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+  """PyTorch's rule written out: bin i spans [floor(i*H/n), ceil((i+1)*H/n))."""
+  b, h, w, c = x.shape
+  out = np.zeros((b, out_h, out_w, c), np.float64)
+  for i in range(out_h):
+    h0, h1 = (i * h) // out_h, int(np.ceil((i + 1) * h / out_h))
+    for j in range(out_w):
+      w0, w1 = (j * w) // out_w, int(np.ceil((j + 1) * w / out_w))
+      out[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
+  return out
+
+
+@pytest.mark.parametrize('in_h,out_h', SIZES)
+def test_adaptive_pool_matches_bin_loop_and_torch(in_h, out_h):
+  in_w, out_w = in_h + 4, max(1, out_h - 1)
+  x = np.random.RandomState(in_h).randn(2, in_h, in_w, 3).astype(np.float32)
+  ours = np.asarray(resample.adaptive_avg_pool(x, (out_h, out_w)))
+  np.testing.assert_allclose(ours, _pool_by_loop(x, out_h, out_w), atol=1e-5)
+  ref = F.adaptive_avg_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), (out_h, out_w))
+  np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def test_adaptive_bins_overlap_when_size_does_not_divide():
+  weights = resample.adaptive_pool_matrix(7, 3)  # bins [0,3), [2,5), [4,7)
+  np.testing.assert_array_equal(weights > 0, [[1, 1, 1, 0, 0, 0, 0],
+                                              [0, 0, 1, 1, 1, 0, 0],
+                                              [0, 0, 0, 0, 1, 1, 1]])
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('in_size,out_size', [((6, 6), (97, 129)), ((13, 17), (97, 129)),
+                                              ((97, 129), (13, 17)), ((1, 1), (5, 3)),
+                                              ((3, 2), (64, 64))])
+def test_resize_matches_torch_interpolate(in_size, out_size, align_corners):
+  x = np.random.RandomState(0).randn(2, *in_size, 5).astype(np.float32)
+  ours = np.asarray(resample.resize_bilinear(x, out_size, align_corners))
+  ref = F.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=out_size, mode='bilinear',
+                      align_corners=align_corners)
+  np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def test_jax_image_resize_is_not_pytorch_when_downsampling():
+  """Why resample exists: jax.image.resize antialiases, PyTorch does not."""
+  x = np.random.RandomState(0).randn(1, 97, 129, 2).astype(np.float32)
+  ours = np.asarray(resample.resize_bilinear(x, (13, 17), align_corners=False))
+  theirs = np.asarray(jax.image.resize(x, (1, 13, 17, 2), 'bilinear'))
+  assert np.abs(ours - theirs).max() > 0.1
