@@ -1,0 +1,75 @@
+"""Segmentation cross-entropy with an ignore label, exact under data parallelism."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from psp_jax.models.pspnet import upsample_logits
+
+IGNORE_LABEL = 255
+
+
+def cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
+                       ignore_label: int = IGNORE_LABEL) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Summed pixel cross-entropy and the number of non-ignored pixels.
+
+  Args:
+    logits: [B, H, W, K] at the labels' resolution.
+    labels: [B, H, W] int32 class ids, `ignore_label` where unlabelled.
+  Returns:
+    (sum of -log p[label] over valid pixels, count of valid pixels), both scalars.
+  """
+  valid = labels != ignore_label
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, jnp.where(valid, labels, 0)[..., None], axis=-1)
+  return -jnp.sum(jnp.where(valid, picked[..., 0], 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
+def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
+                      aux_weight: float = 0.4, average: str = 'valid',
+                      align_corners: bool = False, ignore_label: int = IGNORE_LABEL,
+                      axis_name: str | None = None) -> tuple[jnp.ndarray, dict[str, Any]]:
+  """CE(main) + aux_weight * CE(aux), logits upsampled bilinearly to the label size.
+
+  `average='valid'` divides by the number of labelled pixels (semseg, and mmseg's
+  `avg_non_ignore=True`); `'all'` by all pixels (mmseg's default). With
+  `axis_name`, the denominator is the count over the whole pmapped batch, scaled by
+  the number of devices, so that `lax.pmean` of the per-device gradients equals the
+  gradient of the global-batch loss exactly, however labelled pixels are spread.
+
+  Args:
+    outputs: model outputs, 'logits' and optionally 'aux_logits', [B, h, w, K].
+    labels: [B, H, W] int32.
+  Returns:
+    (loss to differentiate, {'loss', 'main_loss', 'aux_loss', 'pixel_accuracy'} over
+    the global batch; pixel accuracy of the main head on labelled pixels).
+  """
+  if average not in ('valid', 'all'):
+    raise ValueError(f"loss average must be 'valid' or 'all', got {average!r}.")
+  size = labels.shape[1:3]
+  denominator = None
+  terms = {}
+  for name, weight in (('main_loss', 1.0), ('aux_loss', aux_weight)):
+    key = 'logits' if name == 'main_loss' else 'aux_logits'
+    if key not in outputs or weight == 0:
+      continue
+    logits = upsample_logits(outputs[key], size, align_corners)
+    total, valid = cross_entropy_sums(logits, labels, ignore_label)
+    if name == 'main_loss':
+      correct = jnp.sum((jnp.argmax(logits, axis=-1) == labels) & (labels != ignore_label))
+      accuracy_counts = jnp.stack([correct.astype(jnp.float32), valid])
+    if denominator is None:
+      denominator = valid if average == 'valid' else jnp.float32(labels.size)
+      if axis_name is not None:
+        denominator = jax.lax.psum(denominator, axis_name) / jax.lax.psum(1, axis_name)
+      denominator = jnp.maximum(denominator, 1.0)
+    terms[name] = (weight, total / denominator)
+  loss = sum(weight * value for weight, value in terms.values())
+  metrics = {name: value for name, (_, value) in terms.items()}
+  metrics['loss'] = loss
+  if axis_name is not None:
+    metrics = jax.lax.pmean(metrics, axis_name)
+    accuracy_counts = jax.lax.psum(accuracy_counts, axis_name)
+  metrics['pixel_accuracy'] = accuracy_counts[0] / jnp.maximum(accuracy_counts[1], 1.0)
+  return loss, metrics

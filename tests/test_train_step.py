@@ -1,0 +1,121 @@
+"""Loss, schedule, optimizer and the pmapped train step (sync BN, pmean of gradients)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import torch.nn.functional as F
+
+from psp_jax import build_model, losses, optimizer, train_lib
+
+TINY = dict(depth=18, stem_widths=(4, 4, 8), base_width=4, channels=8, ppm_channels=8,
+            aux_channels=4, num_classes=5, dropout_rate=0.0)
+OPTIMIZER = dict(learning_rate=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                 decay_norm_and_bias=True, head_lr_mult=1.0, poly_power=0.9,
+                 end_learning_rate=1e-4, warmup_steps=0, warmup_ratio=0.1)
+
+
+def _labels(shape, seed=0, ignore_share=0.3):
+  rng = np.random.RandomState(seed)
+  labels = rng.randint(0, 5, shape)
+  labels[rng.rand(*shape) < ignore_share] = 255
+  return jnp.asarray(labels, jnp.int32)
+
+
+@pytest.mark.parametrize('average', ['valid', 'all'])
+def test_loss_matches_torch_cross_entropy_with_ignore(average):
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 11, 5))
+  labels = _labels((2, 9, 11))
+  loss, metrics = losses.segmentation_loss({'logits': logits}, labels, average=average)
+  torch_logits = torch.from_numpy(np.asarray(logits).transpose(0, 3, 1, 2))
+  torch_labels = torch.from_numpy(np.asarray(labels)).long()
+  expected = F.cross_entropy(torch_logits, torch_labels, ignore_index=255,
+                             reduction='mean' if average == 'valid' else 'sum')
+  if average == 'all':  # mmseg's default: ignored pixels count in the denominator
+    expected = expected / labels.size
+  np.testing.assert_allclose(loss, expected.item(), rtol=1e-5)
+  assert metrics['main_loss'] == loss
+
+
+def test_loss_ignores_255_and_upsamples_aux_with_weight():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 4, 5))
+  aux = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 4, 5))
+  labels = _labels((1, 32, 32), ignore_share=0.5)
+  ignored = np.asarray(labels == 255)
+  loss, metrics = losses.segmentation_loss({'logits': logits, 'aux_logits': aux}, labels)
+  np.testing.assert_allclose(loss, metrics['main_loss'] + 0.4 * metrics['aux_loss'], rtol=1e-6)
+  # Any label at an ignored pixel leaves the loss as it was.
+  relabelled = jnp.where(ignored, 3, 0) + jnp.where(ignored, 0, labels)
+  changed, _ = losses.segmentation_loss({'logits': logits, 'aux_logits': aux},
+                                        jnp.where(ignored, 255, relabelled))
+  np.testing.assert_allclose(changed, loss, rtol=1e-6)
+  everything_ignored, _ = losses.segmentation_loss({'logits': logits},
+                                                   jnp.full((1, 32, 32), 255, jnp.int32))
+  assert everything_ignored == 0.0
+
+
+def test_poly_schedule_values():
+  config = dict(OPTIMIZER, learning_rate=0.01, end_learning_rate=1e-4)
+  schedule = optimizer.create_learning_rate_fn(config, total_steps=1000)
+  for step in (0, 1, 250, 999, 1000):
+    expected = (0.01 - 1e-4) * (1 - step / 1000) ** 0.9 + 1e-4
+    np.testing.assert_allclose(schedule(step), expected, rtol=1e-5)
+  warm = optimizer.create_learning_rate_fn(dict(config, warmup_steps=100), total_steps=1000)
+  np.testing.assert_allclose(warm(0), 0.001, rtol=1e-5)       # warmup_ratio * base
+  np.testing.assert_allclose(warm(50), 0.0055, rtol=1e-5)     # linear
+  np.testing.assert_allclose(warm(100 + 450), (0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4, rtol=1e-5)
+  with pytest.raises(ValueError, match='warmup_steps'):
+    optimizer.create_learning_rate_fn(dict(config, warmup_steps=1000), total_steps=1000)
+
+
+def test_head_multiplier_and_decay_mask():
+  params = {'backbone': {'conv': {'kernel': jnp.ones((3,))}, 'bn': {'scale': jnp.ones((3,))}},
+            'decode_head': {'conv_seg': {'kernel': jnp.ones((3,)), 'bias': jnp.ones((3,))}}}
+  config = dict(OPTIMIZER, momentum=0.0, weight_decay=0.1, decay_norm_and_bias=False,
+                head_lr_mult=10.0)
+  tx = optimizer.create_optimizer(config, lambda step: 0.5)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates['backbone']['conv']['kernel'], -0.5 * 0.1)
+  np.testing.assert_allclose(updates['backbone']['bn']['scale'], 0.0)
+  np.testing.assert_allclose(updates['decode_head']['conv_seg']['kernel'], -10 * 0.5 * 0.1)
+  np.testing.assert_allclose(updates['decode_head']['conv_seg']['bias'], 0.0)
+
+
+def test_pmapped_step_equals_single_device_step_on_global_batch():
+  """Sync BN + pmean of gradients: 4 devices x 2 images == 1 device x 8 images."""
+  n = jax.local_device_count()
+  assert n == 4, 'conftest.py asks XLA for 4 host devices'
+  rng = np.random.RandomState(0)
+  images = jnp.asarray(rng.randn(2 * n, 33, 33, 3), jnp.float32)
+  # Labelled pixels spread unevenly over devices: the loss must still be the global mean.
+  labels = jnp.concatenate([_labels((2, 33, 33), seed=i, ignore_share=0.1 + 0.25 * i)
+                            for i in range(n)])
+  schedule = optimizer.create_learning_rate_fn(OPTIMIZER, total_steps=10)
+  tx = optimizer.create_optimizer(OPTIMIZER, schedule)
+  single_model = build_model(TINY)
+  state = train_lib.create_train_state(single_model, tx, jax.random.PRNGKey(0), images.shape)
+
+  single_step = jax.jit(lambda s, b: train_lib.train_step(s, b, schedule, axis_name=None))
+  expected_state, expected = state, []
+  for _ in range(2):
+    expected_state, metrics = single_step(expected_state, {'image': images, 'label': labels})
+    expected.append(metrics)
+
+  synced = state.replace(apply_fn=build_model(TINY, bn_axis_name='batch').apply)
+  replicated = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), synced)
+  p_step = train_lib.pmapped_train_step(schedule)
+  batch = {'image': images.reshape(n, 2, 33, 33, 3), 'label': labels.reshape(n, 2, 33, 33)}
+  for want in expected:
+    replicated, metrics = p_step(replicated, batch)
+    for key in ('loss', 'main_loss', 'aux_loss', 'pixel_accuracy', 'learning_rate'):
+      np.testing.assert_allclose(metrics[key], np.full(n, want[key]), rtol=2e-5, err_msg=key)
+
+  for name in ('params', 'batch_stats'):
+    ours = jax.tree_util.tree_leaves(getattr(replicated, name))
+    theirs = jax.tree_util.tree_leaves(getattr(expected_state, name))
+    for a, b in zip(ours, theirs):
+      for device in range(n):
+        np.testing.assert_allclose(a[device], b, atol=2e-5, rtol=2e-4)
