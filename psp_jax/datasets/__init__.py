@@ -1,0 +1,1 @@
+"""TFDS builders for the datasets psp_jax trains on."""
