@@ -1,0 +1,104 @@
+"""tf.data input pipeline: mmseg/semseg training augmentation on TFDS segmentation data.
+
+TensorFlow only decodes and augments on the host CPU: `hide_accelerators_from_tf`
+runs before any dataset is built, so TF never claims memory on a GPU/TPU that JAX owns.
+Randomness is stateless and keyed by (seed, example index), so a pipeline is
+deterministic given its seed.
+"""
+
+from typing import Any, Mapping
+
+import tensorflow as tf
+
+IGNORE_LABEL = 255
+# ImageNet statistics in 0-255 pixel units, as mmseg's data_preprocessor.
+MEAN_RGB = (123.675, 116.28, 103.53)
+STDDEV_RGB = (58.395, 57.12, 57.375)
+
+
+def hide_accelerators_from_tf() -> None:
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+
+
+def random_rescale(image, label, seed, ratio_range):
+  """Scales both by one random ratio: image bilinearly, label by nearest neighbour."""
+  ratio = tf.random.stateless_uniform([], seed, ratio_range[0], ratio_range[1])
+  size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * ratio), tf.int32)
+  image = tf.image.resize(image, size, method='bilinear')
+  label = tf.image.resize(label, size, method='nearest')
+  return image, label
+
+
+def pad_to_crop(image, label, crop_size):
+  """Pads bottom/right to at least crop_size: image with the mean, label with 255."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  pad_h = tf.maximum(crop_size[0] - height, 0)
+  pad_w = tf.maximum(crop_size[1] - width, 0)
+  paddings = [[0, pad_h], [0, pad_w], [0, 0]]
+  image = tf.concat([tf.pad(image[..., c:c + 1], paddings, constant_values=MEAN_RGB[c])
+                     for c in range(3)], axis=-1)
+  label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
+  return image, label
+
+
+def random_crop(image, label, seed, crop_size, cat_max_ratio=1.0, max_tries=10):
+  """mmseg's RandomCrop: retry (up to 10 times) while one class covers > cat_max_ratio."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+
+  def offsets(i):
+    s = tf.random.experimental.stateless_fold_in(seed, i)
+    top = tf.random.stateless_uniform([], s, 0, height - crop_size[0] + 1, tf.int32)
+    left = tf.random.stateless_uniform([], tf.reverse(s, [0]), 0, width - crop_size[1] + 1,
+                                       tf.int32)
+    return top, left
+
+  def dominated(top, left):
+    """mmseg accepts a crop only if it holds > 1 class and none covers >= cat_max_ratio."""
+    crop = label[top:top + crop_size[0], left:left + crop_size[1]]
+    labels = tf.boolean_mask(crop, crop != IGNORE_LABEL)
+    _, _, counts = tf.unique_with_counts(labels)
+    share = tf.cast(tf.reduce_max(counts), tf.float32) / tf.cast(
+        tf.maximum(tf.reduce_sum(counts), 1), tf.float32)
+    return tf.logical_or(tf.size(counts) <= 1, share >= cat_max_ratio)
+
+  top, left = offsets(0)
+  if cat_max_ratio < 1.0:
+    def retry(i, top, left):
+      top, left = offsets(i)
+      return i + 1, top, left
+    _, top, left = tf.while_loop(lambda i, t, l: tf.logical_and(i < max_tries, dominated(t, l)),
+                                 retry, (tf.constant(1), top, left))
+  return (image[top:top + crop_size[0], left:left + crop_size[1]],
+          label[top:top + crop_size[0], left:left + crop_size[1]])
+
+
+def random_flip(image, label, seed):
+  flip = tf.random.stateless_uniform([], seed) < 0.5
+  return (tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image),
+          tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label))
+
+
+def normalize(image):
+  return (image - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
+
+
+def augment(image, label, seed, config: Mapping[str, Any]):
+  """Training augmentation of one example; each step is switched by `config` (config.augment).
+
+  Args:
+    image: [H, W, 3] uint8. label: [H, W, 1] uint8/int, 255 = ignore.
+    seed: [2] int32 stateless seed for this example.
+  Returns:
+    ([crop_h, crop_w, 3] float32 normalised image, [crop_h, crop_w] int32 label).
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  image, label = tf.cast(image, tf.float32), tf.cast(label, tf.int32)
+  if config['scale_range'] is not None:
+    image, label = random_rescale(image, label, seeds[0], config['scale_range'])
+  crop = config['crop_size']
+  image, label = pad_to_crop(image, label, crop)
+  image, label = random_crop(image, label, seeds[1], crop, config['cat_max_ratio'])
+  if config['flip']:
+    image, label = random_flip(image, label, seeds[2])
+  return normalize(image), label[..., 0]
