@@ -102,3 +102,55 @@ def augment(image, label, seed, config: Mapping[str, Any]):
   if config['flip']:
     image, label = random_flip(image, label, seeds[2])
   return normalize(image), label[..., 0]
+
+
+def create_split(builder, split: str, config: Mapping[str, Any], per_device_batch: int,
+                 train: bool, seed: int = 0) -> tf.data.Dataset:
+  """Batches of one TFDS split for this process, shaped for pmap.
+
+  Each process reads its own disjoint part of the split (multi-host). Training
+  examples are repeated forever, shuffled and augmented with a seed per position
+  in the stream (so epochs differ, and the stream is reproducible from `seed`).
+  Evaluation examples are only padded to `config['crop_size']` (255 labels), and
+  an image larger than that is an error rather than silently cropped; the last
+  batch is completed with all-255 examples so that every example is evaluated.
+
+  Args:
+    builder: a prepared `tfds.core.DatasetBuilder` with 'image' and 'segmentation_mask'.
+    config: config.augment (scale_range, crop_size, cat_max_ratio, flip, label_map).
+  Returns:
+    A dataset of {'image': [local_devices, per_device_batch, H, W, 3] float32,
+    'label': [local_devices, per_device_batch, H, W] int32}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  hide_accelerators_from_tf()
+  process_split = tfds.split_for_jax_process(split, drop_remainder=train)
+  ds = builder.as_dataset(split=process_split, shuffle_files=False)
+  if train:
+    ds = ds.repeat().shuffle(16 * per_device_batch * jax.local_device_count(), seed=seed)
+  ds = ds.enumerate()
+
+  def prepare(index, example):
+    image, label = example['image'], example['segmentation_mask']
+    if train:
+      example_seed = tf.stack([tf.constant(seed, tf.int64), index])
+      image, label = augment(image, label, tf.cast(example_seed, tf.int32), config)
+    else:
+      crop = config['crop_size']
+      tf.debugging.assert_less_equal(tf.shape(image)[:2], tf.constant(crop),
+                                     message='evaluation image larger than crop_size')
+      image, label = pad_to_crop(tf.cast(image, tf.float32), tf.cast(label, tf.int32), crop)
+      image, label = normalize(image), label[..., 0]
+    return {'image': image, 'label': label}
+
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  devices = jax.local_device_count()
+  if not train:  # pad with all-ignore examples so no example is dropped from a metric
+    count = int(ds.cardinality())
+    filler = {'image': tf.zeros((*config['crop_size'], 3), tf.float32),
+              'label': tf.fill(config['crop_size'], IGNORE_LABEL)}
+    padding = (-count) % (devices * per_device_batch)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(padding))
+  ds = ds.batch(per_device_batch, drop_remainder=True).batch(devices, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE)

@@ -69,3 +69,28 @@ def test_cat_max_ratio_avoids_crops_of_one_class():
     counts = np.bincount(out_label.numpy().ravel(), minlength=2)
     mixed += counts.min() > 0 and counts.max() / counts.sum() < 0.75
   assert mixed >= 15  # without the retries about 1 crop in 3 would be mixed
+
+
+def test_create_split_batches_tfds_data_for_pmap(tmp_path):
+  import jax
+  from psp_jax.datasets import synthetic_scenes
+  builder = synthetic_scenes.SyntheticScenes(config='tiny', data_dir=str(tmp_path))
+  builder.download_and_prepare()
+  config = dict(CONFIG, crop_size=(64, 64))
+  train = ip.create_split(builder, 'train', config, per_device_batch=2, train=True, seed=1)
+  batches = list(train.take(4).as_numpy_iterator())  # 4 x 8 > 6 examples: repeats
+  n = jax.local_device_count()
+  assert batches[0]['image'].shape == (n, 2, 64, 64, 3)
+  assert batches[0]['label'].shape == (n, 2, 64, 64) and batches[0]['label'].dtype == np.int32
+  again = list(ip.create_split(builder, 'train', config, 2, True, seed=1).take(4)
+               .as_numpy_iterator())
+  for a, b in zip(batches, again):
+    np.testing.assert_array_equal(a['label'], b['label'])
+  labels = np.unique(np.concatenate([b['label'].ravel() for b in batches]))
+  assert set(labels) <= set(range(7)) | {255}
+  validation = ip.create_split(builder, 'validation', dict(config, crop_size=(128, 128)),
+                               per_device_batch=1, train=False)
+  (batch,) = list(validation.as_numpy_iterator())  # 3 examples + 1 filler on 4 devices
+  assert batch['label'].shape == (n, 1, 128, 128)
+  assert (batch['label'][:3] != 255).any(axis=(1, 2, 3)).all()
+  assert (batch['label'][3:] == 255).all()
