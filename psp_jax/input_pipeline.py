@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
-IGNORE_LABEL = 255
+from psp_jax.losses import IGNORE_LABEL
 # ImageNet statistics in 0-255 pixel units, as mmseg's data_preprocessor.
 MEAN_RGB = (123.675, 116.28, 103.53)
 STDDEV_RGB = (58.395, 57.12, 57.375)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from psp_jax.models import resample
-from psp_jax.models.resnet import DilatedResNet, conv_init
+from psp_jax.models.resnet import DilatedResNet, batch_norm, conv_init
 
 # mmseg's decode heads initialise the classifier with N(0, 0.01) and a zero bias.
 classifier_init = nn.initializers.normal(0.01)
@@ -32,9 +32,7 @@ class ConvBNReLU(nn.Module):
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                 padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init,
                 dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=1e-5,
-                     axis_name=self.bn_axis_name, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='bn')(x)
+    x = batch_norm(self.train, self.bn_axis_name, self.dtype, self.param_dtype)(name='bn')(x)
     return nn.relu(x)
 
 

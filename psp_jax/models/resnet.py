@@ -24,6 +24,16 @@ STAGE_SIZES = {
 }
 
 
+def batch_norm(train: bool, axis_name: str | None, dtype: Any, param_dtype: Any) -> ModuleDef:
+  """nn.BatchNorm with PyTorch's BatchNorm2d numerics: eps 1e-5, momentum 0.1 (flax 0.9).
+
+  With `axis_name` set, batch statistics are averaged across that pmap axis (sync BN).
+  """
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                           epsilon=1e-5, axis_name=axis_name, dtype=dtype,
+                           param_dtype=param_dtype)
+
+
 def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
   """Per-stage (strides, dilations) for an output stride of 8, 16 or 32.
 
@@ -141,10 +151,7 @@ class DilatedResNet(nn.Module):
       raise ValueError(f"stem must be 'deep' or 'classic', got {self.stem!r}.")
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
                              dtype=self.dtype, param_dtype=self.param_dtype)
-    # PyTorch BatchNorm2d: eps 1e-5, running stats updated with momentum 0.1.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, axis_name=self.bn_axis_name,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)
 
     if self.stem == 'deep':
       for i, (width, stride) in enumerate(zip(self.stem_widths, (2, 1, 1))):
