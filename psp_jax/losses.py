@@ -48,22 +48,21 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
   if average not in ('valid', 'all'):
     raise ValueError(f"loss average must be 'valid' or 'all', got {average!r}.")
   size = labels.shape[1:3]
-  denominator = None
+  labelled = labels != ignore_label
+  num_labelled = jnp.sum(labelled).astype(jnp.float32)
+  denominator = num_labelled if average == 'valid' else jnp.float32(labels.size)
+  if axis_name is not None:
+    denominator = jax.lax.psum(denominator, axis_name) / jax.lax.psum(1, axis_name)
+  denominator = jnp.maximum(denominator, 1.0)
   terms = {}
-  for name, weight in (('main_loss', 1.0), ('aux_loss', aux_weight)):
-    key = 'logits' if name == 'main_loss' else 'aux_logits'
+  for key, name, weight in (('logits', 'main_loss', 1.0), ('aux_logits', 'aux_loss', aux_weight)):
     if key not in outputs or weight == 0:
       continue
     logits = upsample_logits(outputs[key], size, align_corners)
-    total, valid = cross_entropy_sums(logits, labels, ignore_label)
-    if name == 'main_loss':
-      correct = jnp.sum((jnp.argmax(logits, axis=-1) == labels) & (labels != ignore_label))
-      accuracy_counts = jnp.stack([correct.astype(jnp.float32), valid])
-    if denominator is None:
-      denominator = valid if average == 'valid' else jnp.float32(labels.size)
-      if axis_name is not None:
-        denominator = jax.lax.psum(denominator, axis_name) / jax.lax.psum(1, axis_name)
-      denominator = jnp.maximum(denominator, 1.0)
+    total, _ = cross_entropy_sums(logits, labels, ignore_label)
+    if key == 'logits':
+      correct = jnp.sum((jnp.argmax(logits, axis=-1) == labels) & labelled)
+      accuracy_counts = jnp.stack([correct.astype(jnp.float32), num_labelled])
     terms[name] = (weight, total / denominator)
   loss = sum(weight * value for weight, value in terms.values())
   metrics = {name: value for name, (_, value) in terms.items()}
