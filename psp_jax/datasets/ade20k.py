@@ -1,0 +1,132 @@
+"""ADE20K SceneParsing (MIT's ADEChallengeData2016): 150 classes, 20,210 train / 2,000 validation.
+
+Labels are stored already reduced, as mmseg's `reduce_zero_label=True` reads them: the
+annotation's 0 ("other", not one of the 150 classes) becomes 255 = ignore and class k in
+1..150 becomes k - 1, so `segmentation_mask` indexes CLASS_NAMES directly.
+
+The archive is read in place with `zipfile`, never extracted: a zip's central directory
+indexes every member, so each image is paired with its annotation by name at the cost of one
+seek, memory stays constant over the 20k examples, and no second ~1 GB copy lands on disk.
+JPEG bytes are stored as they are in the archive (no re-encoding), so TFDS decodes the very
+pixels mmseg reads.
+"""
+
+import io
+import posixpath
+import zipfile
+
+from etils import epath
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from psp_jax.datasets.features import segmentation_features
+from psp_jax.losses import IGNORE_LABEL
+
+ARCHIVE = 'ADEChallengeData2016.zip'
+URL = 'http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip'
+ROOT = 'ADEChallengeData2016'  # the archive's top-level folder
+NUM_CLASSES = 150
+
+# mmseg ADE20KDataset.METAINFO['classes'] order; mmseg spells the eighth 'bed ' with a space.
+CLASS_NAMES = (
+    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane',
+    'grass', 'cabinet', 'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant',
+    'curtain', 'chair', 'car', 'water', 'painting', 'sofa', 'shelf', 'house', 'sea',
+    'mirror', 'rug', 'field', 'armchair', 'seat', 'fence', 'desk', 'rock', 'wardrobe',
+    'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column', 'signboard',
+    'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace',
+    'refrigerator', 'grandstand', 'path', 'stairs', 'runway', 'case', 'pool table',
+    'pillow', 'screen door', 'stairway', 'river', 'bridge', 'bookcase', 'blind',
+    'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench', 'countertop', 'stove',
+    'palm', 'kitchen island', 'computer', 'swivel chair', 'boat', 'bar', 'arcade machine',
+    'hovel', 'bus', 'towel', 'light', 'truck', 'tower', 'chandelier', 'awning',
+    'streetlight', 'booth', 'television receiver', 'airplane', 'dirt track', 'apparel',
+    'pole', 'land', 'bannister', 'escalator', 'ottoman', 'bottle', 'buffet', 'poster',
+    'stage', 'van', 'ship', 'fountain', 'conveyer belt', 'canopy', 'washer', 'plaything',
+    'swimming pool', 'stool', 'barrel', 'basket', 'waterfall', 'tent', 'bag', 'minibike',
+    'cradle', 'oven', 'ball', 'food', 'step', 'tank', 'trade name', 'microwave', 'pot',
+    'animal', 'bicycle', 'lake', 'dishwasher', 'screen', 'blanket', 'sculpture', 'hood',
+    'sconce', 'vase', 'traffic light', 'tray', 'ashcan', 'fan', 'pier', 'crt screen',
+    'plate', 'monitor', 'bulletin board', 'shower', 'radiator', 'glass', 'clock', 'flag')
+
+# Split name in TFDS -> folder name inside the archive.
+_SPLIT_FOLDERS = {'train': 'training', 'validation': 'validation'}
+
+
+def reduce_zero_label(annotation: np.ndarray, source: str = 'annotation') -> np.ndarray:
+  """mmseg's reduce_zero_label on an ADE annotation: 0 -> 255, k -> k - 1 for k in 1..150.
+
+  Args:
+    annotation: [H, W] uint8 as stored in the archive's PNGs, values 0..150.
+    source: where it came from, for the error on a value above 150.
+  Returns:
+    [H, W] uint8 class indices 0..149, 255 = ignore.
+  """
+  annotation = np.asarray(annotation)
+  if annotation.size and annotation.max() > NUM_CLASSES:
+    raise ValueError(f'{source} has value {annotation.max()} > {NUM_CLASSES}: not a SceneParsing '
+                     'label map (the full ADE20K release encodes classes otherwise).')
+  lookup = np.full(256, IGNORE_LABEL, np.uint8)
+  lookup[1:NUM_CLASSES + 1] = np.arange(NUM_CLASSES)
+  return lookup[annotation]
+
+
+def manual_archive(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
+  """The zip in the manual dir if the user put it there, else None (then it is downloaded)."""
+  try:
+    manual_dir = dl_manager.manual_dir
+  except AssertionError:  # TFDS's way of saying the manual dir is missing or empty
+    return None
+  archive = manual_dir / ARCHIVE
+  return archive if archive.exists() else None
+
+
+class Ade20k(tfds.core.GeneratorBasedBuilder):
+  """ADE20K SceneParsing with mmseg's reduced labels (see the module docstring)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'SceneParsing 150 classes, labels reduced (0 -> 255, k -> k - 1).'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+  Optional. Without it the archive is downloaded from {URL}.
+  Where that host cannot be reached, put the unmodified `{ARCHIVE}` (about 1 GB,
+  the MIT SceneParsing benchmark) directly in the TFDS manual dir, by default
+  `~/tensorflow_datasets/downloads/manual/{ARCHIVE}` (or the folder given as
+  `tfds.download.DownloadConfig(manual_dir=...)`). Do not extract it.
+  """
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=segmentation_features(),
+        supervised_keys=('image', 'segmentation_mask'),
+        homepage='http://sceneparsing.csail.mit.edu/',
+        description=__doc__,
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    archive = manual_archive(dl_manager) or dl_manager.download(URL)
+    return {split: self._generate_examples(archive, folder)
+            for split, folder in _SPLIT_FOLDERS.items()}
+
+  def _generate_examples(self, archive: epath.Path, folder: str):
+    with epath.Path(archive).open('rb') as f, zipfile.ZipFile(f) as zf:
+      members = set(zf.namelist())
+      prefix = f'{ROOT}/images/{folder}/'
+      images = sorted(n for n in members if n.startswith(prefix) and n.endswith('.jpg'))
+      if not images:
+        raise ValueError(f'{archive} has no {prefix}*.jpg: expected the unmodified {ARCHIVE}.')
+      for image_name in images:
+        stem = posixpath.splitext(posixpath.basename(image_name))[0]
+        annotation_name = f'{ROOT}/annotations/{folder}/{stem}.png'
+        if annotation_name not in members:
+          raise ValueError(f'{archive} has {image_name} but no {annotation_name}.')
+        image_bytes = zf.read(image_name)
+        with Image.open(io.BytesIO(zf.read(annotation_name))) as annotation:
+          label = reduce_zero_label(np.asarray(annotation), f'{archive}: {annotation_name}')
+        # Only the header is parsed: a size check, not a decode.
+        width, height = Image.open(io.BytesIO(image_bytes)).size
+        if label.shape != (height, width):
+          raise ValueError(f'{archive}: {annotation_name} is {label.shape} (a PNG that is not '
+                           f'8-bit single channel?) but {image_name} is {(height, width)}.')
+        yield stem, {'image': image_bytes, 'segmentation_mask': label[..., None],
+                     'file_name': posixpath.basename(image_name)}
