@@ -6,11 +6,13 @@ Randomness is stateless and keyed by (seed, example index), so a pipeline is
 deterministic given its seed.
 """
 
-from typing import Any, Mapping
+import math
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import tensorflow as tf
 
 from psp_jax.losses import IGNORE_LABEL
+
 # ImageNet statistics in 0-255 pixel units, as mmseg's data_preprocessor.
 MEAN_RGB = (123.675, 116.28, 103.53)
 STDDEV_RGB = (58.395, 57.12, 57.375)
@@ -30,14 +32,103 @@ def random_rescale(image, label, seed, ratio_range):
   return image, label
 
 
+def rotate(image: tf.Tensor, label: tf.Tensor, degrees) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Rotates both about the image centre, keeping their size (semseg's RandRotate warp).
+
+  Positive `degrees` turn the picture counter-clockwise, as cv2.getRotationMatrix2D and
+  np.rot90. The image is sampled bilinearly and the label by nearest neighbour; corners
+  that come from outside are padded as `pad_to_crop` pads: mean colour and 255.
+
+  Args:
+    image: [H, W, 3] float32 in 0-255. label: [H, W, 1] int32. degrees: scalar.
+  Returns:
+    ([H, W, 3] float32, [H, W, 1] int32).
+  """
+  height = tf.cast(tf.shape(image)[0], tf.float32)
+  width = tf.cast(tf.shape(image)[1], tf.float32)
+  radians = tf.cast(degrees, tf.float32) * (math.pi / 180)
+  cos, sin = tf.cos(radians), tf.sin(radians)
+  # ImageProjectiveTransform maps each *output* pixel (x, y) to the input point it samples,
+  # so this is the inverse rotation. The centre is that of the pixel grid, as mmcv.imrotate;
+  # semseg's (w / 2, h / 2) is half a pixel off it.
+  cx, cy = (width - 1) / 2, (height - 1) / 2
+  transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy,
+                        sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
+
+  def warp(x, fill, interpolation):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[None], transforms=transform[None], output_shape=tf.shape(x)[:2],
+        fill_value=fill, interpolation=interpolation, fill_mode='CONSTANT')[0]
+
+  # One fill value serves all channels: rotating the offset from the mean, filled with 0,
+  # pads with the mean colour (and blends towards it at the edge, as cv2.warpAffine).
+  mean = tf.constant(MEAN_RGB)
+  image = warp(image - mean, 0.0, 'BILINEAR') + mean
+  label = warp(label, float(IGNORE_LABEL), 'NEAREST')
+  return image, label
+
+
+def random_rotate(image, label, seed, max_degrees: float, prob: float):
+  """semseg's RandRotate: with probability `prob`, turn by a uniform angle in +-max_degrees."""
+  coin, fraction = tf.unstack(tf.random.stateless_uniform([2], seed))
+  degrees = max_degrees * (2 * fraction - 1)
+  return tf.cond(coin < prob, lambda: rotate(image, label, degrees), lambda: (image, label))
+
+
+# cv2.GaussianBlur(image, (5, 5), 0), semseg's RandomGaussianBlur, does not sample a Gaussian
+# of sigma 0.3 * ((5 - 1) / 2 - 1) + 0.8 = 1.1: for sigma <= 0 and ksize <= 7 OpenCV's
+# getGaussianKernel returns fixed binomial taps.
+BLUR_TAPS = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
+
+
+def gaussian_blur(image: tf.Tensor) -> tf.Tensor:
+  """semseg's blur, cv2.GaussianBlur(image, (5, 5), 0), as two depthwise 1-D convolutions.
+
+  Borders are OpenCV's default BORDER_REFLECT_101 (mirror without repeating the edge
+  pixel), which is tf.pad's 'REFLECT'; unlike OpenCV on uint8 the result is not rounded.
+
+  Args:
+    image: [H, W, C] float32, H and W at least 3.
+  Returns:
+    [H, W, C] float32.
+  """
+  radius = len(BLUR_TAPS) // 2
+  taps = tf.tile(tf.constant(BLUR_TAPS)[:, None, None], [1, tf.shape(image)[-1], 1])
+  image = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], 'REFLECT')
+  image = tf.nn.depthwise_conv2d(image, taps[:, None], [1, 1, 1, 1], 'VALID')  # down columns
+  image = tf.nn.depthwise_conv2d(image, taps[None], [1, 1, 1, 1], 'VALID')  # along rows
+  return image[0]
+
+
+def random_blur(image, seed, prob: float):
+  """semseg's RandomGaussianBlur: `gaussian_blur` with probability `prob`; labels are untouched."""
+  blur = tf.random.stateless_uniform([], seed) < prob
+  return tf.cond(blur, lambda: gaussian_blur(image), lambda: image)
+
+
+def shrink_to_fit(image, label, size):
+  """Downscales both (image bilinear, label nearest) to fit in `size`, keeping the aspect ratio."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  ratio = tf.minimum(1.0, tf.reduce_min(tf.constant(size, tf.float32) / shape))
+  new_size = tf.cast(tf.round(shape * ratio), tf.int32)
+  return tf.cond(ratio < 1.0,
+                 lambda: (tf.image.resize(image, new_size, method='bilinear'),
+                          tf.image.resize(label, new_size, method='nearest')),
+                 lambda: (image, label))
+
+
 def pad_to_crop(image, label, crop_size):
-  """Pads bottom/right to at least crop_size: image with the mean, label with 255."""
+  """Pads bottom/right to at least crop_size: image with the mean, label with 255.
+
+  Channels after the three colours (`augment`'s mask of real pixels) are padded with 0.
+  """
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   pad_h = tf.maximum(crop_size[0] - height, 0)
   pad_w = tf.maximum(crop_size[1] - width, 0)
   paddings = [[0, pad_h], [0, pad_w], [0, 0]]
-  image = tf.concat([tf.pad(image[..., c:c + 1], paddings, constant_values=MEAN_RGB[c])
-                     for c in range(3)], axis=-1)
+  fill = MEAN_RGB + (0.0,) * (image.shape[-1] - 3)
+  image = tf.concat([tf.pad(image[..., c:c + 1], paddings, constant_values=value)
+                     for c, value in enumerate(fill)], axis=-1)
   label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
   return image, label
 
@@ -79,6 +170,50 @@ def random_flip(image, label, seed):
           tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label))
 
 
+def photometric_distortion(image: tf.Tensor, seed: tf.Tensor, brightness_delta: float = 32.0,
+                           contrast_range: Tuple[float, float] = (0.5, 1.5),
+                           saturation_range: Tuple[float, float] = (0.5, 1.5),
+                           hue_delta: int = 18) -> tf.Tensor:
+  """mmseg's PhotoMetricDistortion: colour jitter of the image only, at mmseg's defaults.
+
+  In mmseg's order, each step with probability 0.5: brightness (add a uniform delta),
+  contrast (multiply by a uniform factor; mmseg's `mode` puts it second or last with equal
+  chance), saturation (scale HSV saturation), hue (rotate by an integer number of OpenCV's
+  2-degree hue steps in [-hue_delta, hue_delta), numpy's randint range). Every step is
+  pointwise and clips to [0, 255], as mmseg's uint8 steps do.
+
+  Not bit-exact with mmseg, which goes through uint8 BGR and OpenCV's 8-bit HSV: values
+  stay float here (mmseg truncates to an integer after each step, about -0.5 per step on
+  average), and TensorFlow's HSV round trip is exact where OpenCV's rounds hue to 2 degrees
+  and saturation and value to 1/255.
+
+  Args:
+    image: [H, W, 3] float32 RGB in 0-255.
+    seed: [2] int32 stateless seed.
+  Returns:
+    [H, W, 3] float32 in [0, 255].
+  """
+  coin_seed, amount_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  brighten, contrast, contrast_first, saturate, shift_hue = tf.unstack(
+      tf.random.stateless_uniform([5], coin_seed) < 0.5)
+  u = tf.unstack(tf.random.stateless_uniform([4], amount_seed))
+  delta = brightness_delta * (2 * u[0] - 1)
+  alpha = contrast_range[0] + (contrast_range[1] - contrast_range[0]) * u[1]
+  factor = saturation_range[0] + (saturation_range[1] - saturation_range[0]) * u[2]
+  hue_steps = tf.floor(2 * hue_delta * u[3]) - hue_delta  # OpenCV's 8-bit hue: 180 steps a turn
+
+  def maybe(apply, step, x):
+    return tf.cond(apply, lambda: tf.clip_by_value(step(x), 0.0, 255.0), lambda: x)
+
+  image = maybe(brighten, lambda x: x + delta, image)
+  image = maybe(contrast & contrast_first, lambda x: x * alpha, image)
+  # tf.image's HSV conversions are documented for RGB in [0, 1].
+  image = maybe(saturate, lambda x: 255 * tf.image.adjust_saturation(x / 255, factor), image)
+  image = maybe(shift_hue, lambda x: 255 * tf.image.adjust_hue(x / 255, hue_steps / 180), image)
+  image = maybe(contrast & ~contrast_first, lambda x: x * alpha, image)
+  return image
+
+
 def normalize(image):
   return (image - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
 
@@ -86,38 +221,75 @@ def normalize(image):
 def augment(image, label, seed, config: Mapping[str, Any]):
   """Training augmentation of one example; each step is switched by `config` (config.augment).
 
+  Order: rescale, rotate, blur (semseg's RandScale, RandRotate, RandomGaussianBlur, on the
+  whole image), pad to crop_size and crop, flip, photometric distortion (after the flip, as
+  mmseg), normalise. Keys:
+    scale_range: (min, max) ratio, or None for no rescale.
+    rotate_degrees: max |angle| of a uniform random rotation; missing, None or 0 is off.
+    rotate_prob: chance to rotate when rotate_degrees is set (default 0.5, semseg's p).
+    blur_prob: chance of semseg's 5x5 Gaussian blur; missing, None or 0 is off (semseg: 0.5).
+    crop_size: (height, width). cat_max_ratio: mmseg's RandomCrop retry threshold.
+    flip: random horizontal flip with p 0.5.
+    photometric: mmseg's PhotoMetricDistortion at its defaults; missing or False is off.
+  The keys added after the first release are read with `config.get`, so older configs
+  still work and augment as before.
+
   Args:
     image: [H, W, 3] uint8. label: [H, W, 1] uint8/int, 255 = ignore.
     seed: [2] int32 stateless seed for this example.
   Returns:
     ([crop_h, crop_w, 3] float32 normalised image, [crop_h, crop_w] int32 label).
   """
-  seeds = tf.random.experimental.stateless_split(seed, 3)
-  image, label = tf.cast(image, tf.float32), tf.cast(label, tf.int32)
+  # stateless_split's first rows do not depend on the count, so seeds 0-2 are those of the
+  # 3-step pipeline and a config without the newer steps augments exactly as before.
+  seeds = tf.random.experimental.stateless_split(seed, 6)
+  image = tf.ensure_shape(tf.cast(image, tf.float32), [None, None, 3])
+  label = tf.cast(label, tf.int32)
   if config['scale_range'] is not None:
     image, label = random_rescale(image, label, seeds[0], config['scale_range'])
+  if config.get('rotate_degrees'):
+    image, label = random_rotate(image, label, seeds[3], config['rotate_degrees'],
+                                 config.get('rotate_prob', 0.5))
+  if config.get('blur_prob'):
+    image = random_blur(image, seeds[4], config['blur_prob'])
+  photometric = config.get('photometric')
+  if photometric:
+    # mmseg pads after PhotoMetricDistortion (in its data preprocessor), so its padding
+    # stays the mean colour: a fourth channel marks real pixels through pad, crop and flip.
+    image = tf.concat([image, tf.ones_like(image[..., :1])], axis=-1)
   crop = config['crop_size']
   image, label = pad_to_crop(image, label, crop)
   image, label = random_crop(image, label, seeds[1], crop, config['cat_max_ratio'])
   if config['flip']:
     image, label = random_flip(image, label, seeds[2])
+  if photometric:
+    image, real = image[..., :3], image[..., 3:] > 0
+    image = tf.where(real, photometric_distortion(image, seeds[5]), tf.constant(MEAN_RGB))
   return normalize(image), label[..., 0]
 
 
+Decode = Callable[[Mapping[str, tf.Tensor]], Tuple[tf.Tensor, tf.Tensor]]
+
+
 def create_split(builder, split: str, config: Mapping[str, Any], per_device_batch: int,
-                 train: bool, seed: int = 0) -> tf.data.Dataset:
+                 train: bool, seed: int = 0, decode: Optional[Decode] = None) -> tf.data.Dataset:
   """Batches of one TFDS split for this process, shaped for pmap.
 
   Each process reads its own disjoint part of the split (multi-host). Training
   examples are repeated forever, shuffled and augmented with a seed per position
   in the stream (so epochs differ, and the stream is reproducible from `seed`).
-  Evaluation examples are only padded to `config['crop_size']` (255 labels), and
-  an image larger than that is an error rather than silently cropped; the last
-  batch is completed with all-255 examples so that every example is evaluated.
+  Evaluation examples are padded to `config['crop_size']` (255 labels), after
+  shrinking any larger one to fit, keeping its aspect ratio (labels by nearest
+  neighbour); the last batch is completed with all-255 examples so that every
+  example is evaluated. This is the quick validation run during training; the
+  reference protocols (whole/slide at the original label size) are in evaluate.py.
 
   Args:
-    builder: a prepared `tfds.core.DatasetBuilder` with 'image' and 'segmentation_mask'.
-    config: config.augment (scale_range, crop_size, cat_max_ratio, flip, label_map).
+    builder: a prepared `tfds.core.DatasetBuilder`.
+    config: config.augment; its keys are listed in `augment`.
+    decode: maps one example of `builder` to (image [H, W, 3] uint8, label [H, W, 1]), for
+      datasets whose labels need mapping first (Cityscapes' label ids to train ids). None
+      reads (example['image'], example['segmentation_mask']).
   Returns:
     A dataset of {'image': [local_devices, per_device_batch, H, W, 3] float32,
     'label': [local_devices, per_device_batch, H, W] int32}.
@@ -132,25 +304,32 @@ def create_split(builder, split: str, config: Mapping[str, Any], per_device_batc
   ds = ds.enumerate()
 
   def prepare(index, example):
-    image, label = example['image'], example['segmentation_mask']
+    if decode is None:
+      image, label = example['image'], example['segmentation_mask']
+    else:
+      image, label = decode(example)
+    image = tf.ensure_shape(image, [None, None, 3])
     if train:
       example_seed = tf.stack([tf.constant(seed, tf.int64), index])
       image, label = augment(image, label, tf.cast(example_seed, tf.int32), config)
     else:
       crop = config['crop_size']
-      tf.debugging.assert_less_equal(tf.shape(image)[:2], tf.constant(crop),
-                                     message='evaluation image larger than crop_size')
-      image, label = pad_to_crop(tf.cast(image, tf.float32), tf.cast(label, tf.int32), crop)
+      image, label = shrink_to_fit(tf.cast(image, tf.float32), tf.cast(label, tf.int32), crop)
+      image, label = pad_to_crop(image, label, crop)
       image, label = normalize(image), label[..., 0]
     return {'image': image, 'label': label}
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   devices = jax.local_device_count()
-  if not train:  # pad with all-ignore examples so no example is dropped from a metric
+  if not train:
+    # Pad with all-ignore examples so no example is dropped from a metric, and every
+    # process runs the same number of batches (the eval step's psum spans all hosts).
     count = int(ds.cardinality())
+    per_batch = devices * per_device_batch
+    most = -(-builder.info.splits[split].num_examples // jax.process_count())
     filler = {'image': tf.zeros((*config['crop_size'], 3), tf.float32),
               'label': tf.fill(config['crop_size'], IGNORE_LABEL)}
-    padding = (-count) % (devices * per_device_batch)
+    padding = -(-most // per_batch) * per_batch - count
     ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(padding))
   ds = ds.batch(per_device_batch, drop_remainder=True).batch(devices, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
