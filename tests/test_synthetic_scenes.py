@@ -32,6 +32,12 @@ def test_scenes_are_deterministic_and_context_decides_vehicle_class():
     seen[on_water].update(np.unique(label[vehicle]).tolist())
     vehicle_pixels[on_water] = np.unique(image[vehicle].reshape(-1, 3), axis=0)
   assert seen == {True: {scenes.BOAT}, False: {scenes.CAR}}
+  # The only cue is far away: every vehicle row is >= _GAP rows below the water/road band.
+  for seed in range(40):
+    _, label = scenes.render_scene(seed)
+    band_rows = np.nonzero(np.isin(label, (scenes.WATER, scenes.ROAD)).any(axis=1))[0]
+    vehicle_rows = np.nonzero(np.isin(label, (scenes.BOAT, scenes.CAR)).any(axis=1))[0]
+    assert vehicle_rows.min() - band_rows.max() > scenes._GAP
   # Boats and cars are drawn with the very same colours.
   np.testing.assert_array_equal(vehicle_pixels[True], vehicle_pixels[False])
   assert set(np.unique(label)) <= set(range(len(scenes.CLASS_NAMES)))

@@ -1,13 +1,15 @@
 """The embedded default dataset: procedural street/harbour scenes where context decides classes.
 
-Every scene has sky, a building and a ground that is either water or road. A vehicle
-is drawn with the same pixels in both scenes and wrapped in a neutral grey halo, so
-its immediate surroundings say nothing: it is a `boat` on water and a `car` on road,
-which only a receptive field reaching the ground around the halo can tell (the
-paper's boat-vs-car confusion). Small `person` blobs are inconspicuous objects; the
-building is large enough to exceed a small receptive field. Images are 128x128,
-generated deterministically from (split, index) in seconds, through the same
-TFDS builder path as the real datasets, so nothing needs downloading.
+Every scene has sky, a building on the horizon, a narrow band of ground just below the
+horizon that is either water (harbour) or road (street), and below it a wide grey
+pavement (a quay or a sidewalk, the same texture in both scenes) on which vehicles stand.
+A vehicle is drawn with the same pixels in both scenes and is surrounded by the same
+pavement, so nothing within 20+ pixels of it differs: it is a `boat` in a harbour and a
+`car` in a street, which only a receptive field reaching the far water/road band can tell
+(the paper's boat-vs-car confusion, made to need global context). Small `person` figures
+are inconspicuous objects; the building is large enough to exceed a small receptive field.
+Images are 128x128, generated deterministically from (split, index) in seconds, through
+the same TFDS builder path as the real datasets, so nothing needs downloading.
 """
 
 import dataclasses
@@ -15,11 +17,11 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-CLASS_NAMES = ('sky', 'building', 'water', 'road', 'boat', 'car', 'person')
-SKY, BUILDING, WATER, ROAD, BOAT, CAR, PERSON = range(len(CLASS_NAMES))
-CONTEXT_CLASSES = ('boat', 'car')  # same appearance, class decided by the scene
+CLASS_NAMES = ('sky', 'building', 'water', 'road', 'pavement', 'boat', 'car', 'person')
+SKY, BUILDING, WATER, ROAD, PAVEMENT, BOAT, CAR, PERSON = range(len(CLASS_NAMES))
+CONTEXT_CLASSES = ('boat', 'car')  # same appearance and surroundings, class decided by the scene
 SIZE = 128
-_HALO = 6  # pixels of neutral grey around each vehicle
+_GAP = 20  # least distance, in pixels, between a vehicle and the water/road band
 
 
 def _texture(rng, shape, base, noise):
@@ -31,34 +33,35 @@ def render_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.RandomState(seed)
   image = np.zeros((SIZE, SIZE, 3), np.float32)
   label = np.zeros((SIZE, SIZE), np.uint8)
-  horizon = rng.randint(40, 64)
-  on_water = rng.rand() < 0.5
+  horizon = rng.randint(32, 48)
+  band = horizon + rng.randint(8, 14)  # the water/road band ends here; pavement below
+  harbour = rng.rand() < 0.5
   image[:horizon] = _texture(rng, (horizon, SIZE), (120, 170, 230), 6)
   label[:horizon] = SKY
-  ground = (40, 90, 160) if on_water else (95, 95, 100)
-  image[horizon:] = _texture(rng, (SIZE - horizon, SIZE), ground, 10)
-  label[horizon:] = WATER if on_water else ROAD
+  ground = (40, 90, 160) if harbour else (95, 95, 100)
+  image[horizon:band] = _texture(rng, (band - horizon, SIZE), ground, 10)
+  label[horizon:band] = WATER if harbour else ROAD
+  image[band:] = _texture(rng, (SIZE - band, SIZE), (150, 150, 140), 8)
+  label[band:] = PAVEMENT
   # A large building standing on the horizon.
   left, width = rng.randint(0, SIZE // 2), rng.randint(SIZE // 3, SIZE // 2 + 16)
-  top = rng.randint(4, horizon - 20)
+  top = rng.randint(4, horizon - 16)
   image[top:horizon, left:left + width] = _texture(rng, (horizon - top, min(width, SIZE - left)),
                                                    (150, 110, 90), 12)
   label[top:horizon, left:left + width] = BUILDING
-  # Vehicles: identical pixels on water and road, behind a neutral halo.
+  # Vehicles: identical pixels on identical pavement, far from the band that names them.
   for _ in range(rng.randint(1, 4)):
     h, w = rng.randint(8, 14), rng.randint(16, 28)
-    y = rng.randint(horizon + _HALO, SIZE - h - _HALO)
-    x = rng.randint(_HALO, SIZE - w - _HALO)
-    image[y - _HALO:y + h + _HALO, x - _HALO:x + w + _HALO] = 128
-    label[y - _HALO:y + h + _HALO, x - _HALO:x + w + _HALO] = WATER if on_water else ROAD
+    y = rng.randint(band + _GAP, SIZE - h - 2)
+    x = rng.randint(2, SIZE - w - 2)
     image[y:y + h, x:x + w] = (200, 40, 40)
     image[y + 2:y + h // 2, x + 3:x + w - 3] = (30, 30, 40)  # windows / cabin
-    label[y:y + h, x:x + w] = BOAT if on_water else CAR
-  # Small, inconspicuous people (a few pixels each), on the ground or the building.
+    label[y:y + h, x:x + w] = BOAT if harbour else CAR
+  # Small, inconspicuous people (a few pixels each), on the pavement or the building.
   for _ in range(rng.randint(0, 4)):
-    y, x = rng.randint(horizon - 8, SIZE - 6), rng.randint(0, SIZE - 3)
-    image[y:y + 5, x:x + 2] = (230, 190, 150)
-    label[y:y + 5, x:x + 2] = PERSON
+    y, x = rng.randint(horizon - 10, SIZE - 8), rng.randint(0, SIZE - 3)
+    image[y:y + 7, x:x + 3] = (230, 190, 150)
+    label[y:y + 7, x:x + 3] = PERSON
   return image.round().astype(np.uint8), label
 
 
@@ -72,8 +75,12 @@ class ScenesConfig(tfds.core.BuilderConfig):
 class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
   """Procedural scenes for psp_jax's quickstart and ablation (see the module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Sky, building, water/road, boat/car by context, small people.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Sky, building, water/road, boat/car by context, small people.',
+      '2.0.0': 'Vehicles on a shared pavement 20+ px from the water/road band: '
+               'boat vs car needs global context (1.0.0 decided it 6 px away).',
+  }
   BUILDER_CONFIGS = [
       ScenesConfig(name='default', description='4000 train / 500 validation scenes.'),
       ScenesConfig(name='tiny', description='For tests.', num_train=6, num_validation=3),
