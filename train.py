@@ -1,11 +1,42 @@
 """Trains PSPNet: `python train.py --config=configs/ade20k.py --workdir=DIR`.
 
-The training loop (TFDS input, pmapped step, Orbax resume) lands with issue #3;
-until then this entry point says so instead of pretending to train.
+Any config field can be overridden, e.g. `--config.batch_size=8`. Rerunning with
+the same --workdir resumes from its latest checkpoint. On a TPU pod or several GPU
+hosts, run the same command on every host with --multiprocess.
 """
 
-import sys
+import logging as std_logging
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from psp_jax import input_pipeline, train_lib
+
+config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard logs.')
+flags.DEFINE_bool('multiprocess', False, 'Call jax.distributed.initialize() (TPU pods, '
+                  'SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).')
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def _not_orbax_info(record: std_logging.LogRecord) -> bool:
+  """Orbax logs several INFO lines per file it writes; keep its warnings only."""
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_not_orbax_info)
+  input_pipeline.hide_accelerators_from_tf()
+  if FLAGS.multiprocess:
+    jax.distributed.initialize()
+  logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
 
 if __name__ == '__main__':
-  sys.exit('train.py: training is not implemented yet (issue #3). The model, '
-           'checkpoint converters and parity tests are in psp_jax/.')
+  app.run(main)

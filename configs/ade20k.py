@@ -30,6 +30,51 @@ def get_model_config() -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
+  """mmseg pspnet_r50-d8_4xb4-80k_ade20k-512x512: 4 GPUs x 4 images, 80k iterations."""
   config = ml_collections.ConfigDict()
+  config.seed = 0
   config.model = get_model_config()
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'ade20k'    # psp_jax.datasets.ade20k (SceneParsing, labels 0..149)
+  config.dataset.data_dir = None    # TFDS data dir; None = ~/tensorflow_datasets
+  config.dataset.prepare = True     # download_and_prepare (real datasets read the manual dir)
+  config.dataset.train_split = 'train'
+  config.dataset.eval_split = 'validation'
+
+  config.augment = ml_collections.ConfigDict()  # mmseg train_pipeline, in its order
+  config.augment.scale_range = (0.5, 2.0)       # RandomResize ratio_range (of the image size)
+  config.augment.rotate_degrees = 0.0           # semseg rotates by +-10; mmseg does not
+  config.augment.rotate_prob = 0.5
+  config.augment.blur_prob = 0.0                # semseg blurs with p 0.5; mmseg does not
+  config.augment.crop_size = (512, 512)         # RandomCrop, padded with mean / 255
+  config.augment.cat_max_ratio = 0.75           # retry crops dominated by one class
+  config.augment.flip = True                    # RandomFlip p 0.5
+  config.augment.photometric = True             # PhotoMetricDistortion
+
+  config.batch_size = 16            # global: 4 GPUs x 4
+  config.num_train_steps = 80_000
+  config.sync_bn = True             # mmseg SyncBN: BN statistics over the global batch
+  config.aux_weight = 0.4           # auxiliary FCNHead loss weight
+  config.loss_average = 'valid'     # 'all' = mmseg's CrossEntropyLoss(avg_non_ignore=False)
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 0.01
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.decay_norm_and_bias = True  # mmseg decays every parameter
+  config.optimizer.head_lr_mult = 1.0          # semseg: 10 on the heads
+  config.optimizer.poly_power = 0.9
+  config.optimizer.end_learning_rate = 1e-4    # mmseg PolyLR eta_min
+  config.optimizer.warmup_steps = 0
+  config.optimizer.warmup_ratio = 0.1
+
+  config.init_from = ''             # Orbax variables from `python -m psp_jax.convert`
+  config.eval_batch_size = 8
+  config.eval_pad_size = (512, 512)  # quick validation: larger images shrink to fit, then pad
+  config.log_every_steps = 50
+  config.eval_every_steps = 8000    # mmseg val_interval
+  config.checkpoint_every_steps = 8000
+  config.keep_checkpoints = 3
   return config

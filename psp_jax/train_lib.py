@@ -1,15 +1,25 @@
-"""Train state and the pure, pmappable train step (flax `examples/imagenet` style)."""
+"""Train state, the pure pmappable train step, and the training loop (flax `examples/imagenet` style)."""
 
 import functools
+import os
+import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
+import orbax.checkpoint as ocp
+import tensorflow_datasets as tfds
+from absl import logging
+from clu import metric_writers
+from flax import jax_utils, serialization, traverse_util
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
-from psp_jax import losses
-from psp_jax.models.pspnet import PSPNet
+from psp_jax import checkpoint, datasets, evaluation, input_pipeline, losses, optimizer
+from psp_jax.models.pspnet import PSPNet, build_model
 
 
 class TrainState(train_state.TrainState):
@@ -65,3 +75,158 @@ def pmapped_train_step(learning_rate_fn, **kwargs):
   return jax.pmap(functools.partial(train_step, learning_rate_fn=learning_rate_fn,
                                     axis_name='batch', **kwargs),
                   axis_name='batch', donate_argnums=(0,))
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def _checkpoint_managers(workdir: str, config) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
+  """The last `keep_checkpoints` every `checkpoint_every_steps`, and the best by validation mIoU."""
+  latest = ocp.CheckpointManager(
+      os.path.join(workdir, 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+  best = ocp.CheckpointManager(
+      os.path.join(workdir, 'best'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m['mIoU'],
+                                           best_mode='max', create=True))
+  return latest, best
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state: TrainState, metrics=None) -> None:
+  """Saves the unreplicated state as host arrays (written once, by process 0)."""
+  host_state = serialization.to_state_dict(jax.device_get(jax_utils.unreplicate(state)))
+  manager.save(step, args=ocp.args.StandardSave(host_state), metrics=metrics)
+
+
+def restore_state(manager: ocp.CheckpointManager, state: TrainState,
+                  step: int | None = None) -> TrainState:
+  """`state` (unreplicated) with the values of checkpoint `step` (default: the latest)."""
+  step = manager.latest_step() if step is None else step
+  target = serialization.to_state_dict(jax.device_get(state))
+  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  return serialization.from_state_dict(state, restored)
+
+
+def init_variables_from(state: TrainState, path: str) -> TrainState:
+  """Overwrites the variables found in the Orbax checkpoint at `path` (`python -m psp_jax.convert`).
+
+  A converted ImageNet backbone replaces only `backbone`; a full PSPNet checkpoint
+  replaces everything. Any key the model lacks, or any shape that differs, is an error.
+  """
+  loaded = traverse_util.flatten_dict(checkpoint.load_variables(path))
+  current = traverse_util.flatten_dict({'params': state.params, 'batch_stats': state.batch_stats})
+  problems = [f'{"/".join(k)}: checkpoint {np.shape(v)}, model '
+              f'{current[k].shape if k in current else "missing"}'
+              for k, v in loaded.items() if k not in current or np.shape(v) != current[k].shape]
+  if problems:
+    raise ValueError(f'config.init_from={path} does not fit the model:\n  ' + '\n  '.join(problems))
+  current.update({k: jnp.asarray(v, current[k].dtype) for k, v in loaded.items()})
+  variables = traverse_util.unflatten_dict(current)
+  logging.info('Initialised %d of %d arrays from %s', len(loaded), len(current), path)
+  return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  history = jax.device_get(history)
+  return {k: float(np.mean([h[k][0] for h in history])) for k in history[0]}
+
+
+def evaluate(p_eval_step, state: TrainState, dataset, class_names) -> dict[str, float]:
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  batches = jax_utils.prefetch_to_device(iter(tfds.as_numpy(dataset)), 2)
+  return evaluation.segmentation_metrics(
+      evaluation.accumulate_confusion(p_eval_step, variables, batches), class_names)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last eval.
+
+  One process per host; each reads its own shard of the data and drives its local
+  devices with the pmapped step. Checkpoints go to `workdir/checkpoints` (last k) and
+  `workdir/best` (best validation mIoU), metrics to TensorBoard files in `workdir`.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  if config.batch_size % jax.device_count():
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
+                     f'{jax.device_count()} devices.')
+  per_device_batch = config.batch_size // jax.device_count()
+
+  dataset_module = datasets.dataset_module(config.dataset.name)
+  builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
+  if config.dataset.prepare:  # process 0 first, so that a shared data_dir is written once
+    if jax.process_index() == 0:
+      builder.download_and_prepare()
+    multihost_utils.sync_global_devices('dataset prepared')
+    builder.download_and_prepare()
+  decode = getattr(dataset_module, 'decode', None)
+  eval_config = {'crop_size': tuple(config.eval_pad_size)}
+
+  model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None)
+  total_steps = config.num_train_steps
+  learning_rate_fn = optimizer.create_learning_rate_fn(config.optimizer, total_steps)
+  tx = optimizer.create_optimizer(config.optimizer, learning_rate_fn)
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed),
+                             (1, *config.augment.crop_size, 3))
+  latest, best = _checkpoint_managers(workdir, config)
+  if latest.latest_step() is not None:
+    state = restore_state(latest, state)
+    logging.info('Resumed from %s at step %d', latest.directory, int(state.step))
+  elif config.init_from:
+    state = init_variables_from(state, config.init_from)
+  start_step = int(state.step)
+  state = jax_utils.replicate(state)
+
+  # A resumed run continues with a fresh, seeded stream instead of replaying the first examples.
+  train_ds = input_pipeline.create_split(
+      builder, config.dataset.train_split, config.augment, per_device_batch, train=True,
+      seed=config.seed + start_step, decode=decode)
+  train_iter = jax_utils.prefetch_to_device(iter(tfds.as_numpy(train_ds)), 2)
+  p_train_step = pmapped_train_step(
+      learning_rate_fn, aux_weight=config.aux_weight, loss_average=config.loss_average,
+      align_corners=config.model.align_corners)
+  p_eval_step = evaluation.pmapped_eval_step(
+      model.apply, num_classes=config.model.num_classes, align_corners=config.model.align_corners)
+
+  def run_eval(step):
+    eval_ds = input_pipeline.create_split(builder, config.dataset.eval_split, eval_config,
+                                          config.eval_batch_size // jax.device_count(),
+                                          train=False, decode=decode)
+    metrics = evaluate(p_eval_step, state, eval_ds, dataset_module.CLASS_NAMES)
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    logging.info('step %d: validation mIoU %.2f  mAcc %.2f  aAcc %.2f', step, metrics['mIoU'],
+                 metrics['mAcc'], metrics['aAcc'])
+    return metrics
+
+  logging.info('Training %s for %d steps from step %d, global batch %d on %d devices.',
+               config.dataset.name, total_steps, start_step, config.batch_size, jax.device_count())
+  history, metrics, last_log = [], {}, (start_step, time.time())
+  for step in range(start_step + 1, total_steps + 1):
+    state, step_metrics = p_train_step(state, next(train_iter))
+    history.append(step_metrics)
+    if step % config.log_every_steps == 0 or step == total_steps:
+      summary = {f'train/{k}': v for k, v in _mean_metrics(history).items()}
+      elapsed = time.time() - last_log[1]
+      steps_per_sec = (step - last_log[0]) / elapsed
+      summary['train/images_per_sec'] = steps_per_sec * config.batch_size
+      writer.write_scalars(step, summary)
+      eta = (total_steps - step) / steps_per_sec
+      logging.info('step %d/%d (%.0f%%)  loss %.4f  aux %.4f  acc %.3f  lr %.2e  '
+                   '%.1f img/s  ETA %dm%02ds', step, total_steps, 100 * step / total_steps,
+                   summary['train/loss'], summary['train/aux_loss'],
+                   summary['train/pixel_accuracy'], summary['train/learning_rate'],
+                   summary['train/images_per_sec'], eta // 60, eta % 60)
+      history, last_log = [], (step, time.time())
+    is_last = step == total_steps
+    if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
+      metrics = run_eval(step)
+      _save(best, step, state, metrics={'mIoU': metrics['mIoU']})
+    if step % config.checkpoint_every_steps == 0 or is_last:
+      _save(latest, step, state)
+  latest.wait_until_finished()
+  best.wait_until_finished()
+  writer.flush()
+  return metrics

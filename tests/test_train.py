@@ -1,0 +1,128 @@
+"""The real training loop, small: TFDS data, pmapped steps on 4 devices, Orbax resume, init_from."""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import quickstart
+from psp_jax import checkpoint, evaluation, train_lib
+from psp_jax.models.pspnet import build_model
+
+
+def tiny_config(data_dir, steps):
+  config = quickstart.get_config()
+  config.dataset.name = 'synthetic_scenes/tiny'  # 6 train / 3 validation scenes
+  config.dataset.data_dir = data_dir
+  config.model.update(stem_widths=(4, 4, 8), base_width=4, ppm_channels=4, channels=8,
+                      aux_channels=4)
+  config.augment.crop_size = (32, 32)
+  config.batch_size = 4  # one per simulated device
+  config.eval_batch_size = 4
+  config.num_train_steps = steps
+  config.optimizer.warmup_steps = 1
+  config.log_every_steps = 1
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  return config
+
+
+def logged_train_steps(workdir):
+  """Steps at which train/loss was written to TensorBoard, over all runs in `workdir`."""
+  steps = []
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      steps += [event.step for v in event.summary.value if v.tag == 'train/loss']
+  return steps
+
+
+@pytest.fixture(scope='module')
+def interrupted_run(tmp_path_factory):
+  """Trains 2 of 3 steps, stops, then the same command with 3 steps resumes."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  workdir = str(tmp_path_factory.mktemp('workdir'))
+  first = train_lib.train_and_evaluate(tiny_config(data_dir, steps=2), workdir)
+  after_first = logged_train_steps(workdir)
+  second = train_lib.train_and_evaluate(tiny_config(data_dir, steps=3), workdir)
+  return dict(workdir=workdir, data_dir=data_dir, first=first, second=second,
+              after_first=after_first)
+
+
+def _restore(workdir, subdir, data_dir, steps):
+  """The checkpoint manager of `workdir/subdir` and an abstract state to restore into."""
+  config = tiny_config(data_dir, steps)
+  model = build_model(config.model, bn_axis_name='batch')
+  lr = train_lib.optimizer.create_learning_rate_fn(config.optimizer, steps)
+  tx = train_lib.optimizer.create_optimizer(config.optimizer, lr)
+  state = jax.eval_shape(lambda: train_lib.create_train_state(
+      model, tx, jax.random.PRNGKey(0), (1, 32, 32, 3)))
+  managers = dict(zip(('checkpoints', 'best'), train_lib._checkpoint_managers(workdir, config)))
+  return managers[subdir], state
+
+
+def test_resume_continues_at_the_right_step(interrupted_run):
+  workdir = interrupted_run['workdir']
+  assert interrupted_run['after_first'] == [1, 2]
+  # The second run trained only step 3: it resumed at 2 instead of starting over.
+  assert logged_train_steps(workdir) == [1, 2, 3]
+  manager, state = _restore(workdir, 'checkpoints', interrupted_run['data_dir'], 3)
+  assert manager.all_steps() == [2, 3]
+  restored = train_lib.restore_state(manager, state)
+  assert int(restored.step) == 3
+  # optax's own step counters (poly schedule position) were restored too.
+  leaves = jax.tree_util.tree_leaves_with_path(restored.opt_state)
+  step_counts = [int(v) for p, v in leaves if 'count' in jax.tree_util.keystr(p)]
+  assert step_counts and all(c == 3 for c in step_counts)
+  at_two = train_lib.restore_state(manager, state, step=2)
+  assert int(at_two.step) == 2
+  # Step 3 moved the parameters away from the step-2 checkpoint it started from.
+  assert not np.allclose(jax.tree_util.tree_leaves(at_two.params)[0],
+                         jax.tree_util.tree_leaves(restored.params)[0])
+
+
+def test_eval_metrics_and_best_checkpoint(interrupted_run):
+  metrics = interrupted_run['second']
+  assert 0 <= metrics['mIoU'] <= 100 and 0 <= metrics['aAcc'] <= 100
+  assert {'IoU/boat', 'IoU/car', 'Acc/person'} <= set(metrics)
+  best, _ = _restore(interrupted_run['workdir'], 'best', interrupted_run['data_dir'], 3)
+  assert best.all_steps() in ([2], [3])  # only the better of the two evaluations is kept
+
+
+def test_init_from_loads_converted_variables_and_rejects_wrong_shapes(interrupted_run, tmp_path):
+  config = tiny_config(interrupted_run['data_dir'], 3)
+  model = build_model(config.model)
+  state = train_lib.create_train_state(
+      model, train_lib.optax.sgd(0.1), jax.random.PRNGKey(1), (1, 32, 32, 3))
+  backbone = {'params': {'backbone': jax.tree_util.tree_map(lambda x: x + 1,
+                                                            state.params['backbone'])},
+              'batch_stats': {'backbone': state.batch_stats['backbone']}}
+  path = checkpoint.save_variables(tmp_path / 'backbone', backbone)
+  loaded = train_lib.init_variables_from(state, path)
+  for got, want in zip(jax.tree_util.tree_leaves(loaded.params['backbone']),
+                       jax.tree_util.tree_leaves(backbone['params']['backbone'])):
+    np.testing.assert_array_equal(got, want)
+  # The heads are not in the checkpoint and keep their initialisation.
+  for got, want in zip(jax.tree_util.tree_leaves(loaded.params['decode_head']),
+                       jax.tree_util.tree_leaves(state.params['decode_head'])):
+    np.testing.assert_array_equal(got, want)
+
+  wrong = {'params': {'decode_head': {'conv_seg': {'kernel': np.zeros((1, 1, 8, 150))}}}}
+  path = checkpoint.save_variables(tmp_path / 'wrong', wrong)
+  with pytest.raises(ValueError, match=r'decode_head/conv_seg/kernel: checkpoint \(1, 1, 8, 150\)'):
+    train_lib.init_variables_from(state, path)
+
+
+def test_confusion_matrix_metrics_by_hand():
+  labels = np.array([[[0, 0, 1, 1, 255, 2]]])
+  predictions = np.array([[[0, 1, 1, 1, 0, 0]]])
+  matrix = np.asarray(evaluation.confusion_matrix(predictions, labels, num_classes=4))
+  np.testing.assert_array_equal(matrix, [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+  metrics = evaluation.segmentation_metrics(matrix, ['a', 'b', 'c', 'd'])
+  # IoU a = 1/3, b = 2/3, c = 0 (labelled, never hit), d absent everywhere -> NaN, skipped.
+  np.testing.assert_allclose(metrics['mIoU'], 100 * (1 / 3 + 2 / 3 + 0) / 3)
+  np.testing.assert_allclose(metrics['mAcc'], 100 * (1 / 2 + 1 + 0) / 3)
+  np.testing.assert_allclose(metrics['aAcc'], 100 * 3 / 5)
+  assert np.isnan(metrics['IoU/d'])
