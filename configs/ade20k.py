@@ -70,6 +70,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = 0
   config.optimizer.warmup_ratio = 0.1
 
+  config.test = ml_collections.ConfigDict()    # evaluate.py, mmseg test_pipeline + test_cfg
+  config.test.mode = 'whole'                    # 'whole' image or 'slide' window
+  config.test.crop_size = (512, 512)            # slide windows
+  config.test.stride = (341, 341)
+  config.test.resize = 'keep_ratio'             # mmseg Resize(scale=(2048, 512), keep_ratio)
+  config.test.test_scale = (2048, 512)          # 'base_size' (semseg) takes one int
+  config.test.scales = (1.0,)                   # multi-scale: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75
+  config.test.flip = False
+  config.test.window_batch = 4
+
   config.init_from = ''             # Orbax variables from `python -m psp_jax.convert`
   config.eval_batch_size = 8
   config.eval_pad_size = (512, 512)  # quick validation: larger images shrink to fit, then pad

@@ -7,12 +7,15 @@ per-class intersection/union/label areas.
 """
 
 import functools
+import time
 from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
+from psp_jax import inference
 from psp_jax.losses import IGNORE_LABEL
 from psp_jax.models.pspnet import upsample_logits
 
@@ -81,3 +84,60 @@ def accumulate_confusion(p_eval_step, variables: Any,
     matrix = p_eval_step(variables, batch)[0]  # identical on every device after psum
     total = matrix if total is None else total + matrix
   return np.asarray(jax.device_get(total))
+
+
+def evaluate_images(predictor, examples: Iterable[tuple[np.ndarray, np.ndarray]], *,
+                    num_classes: int, class_names: Sequence[str] | None = None,
+                    total: int | None = None, log_every: int = 100,
+                    **predict_kwargs) -> dict[str, float]:
+  """mIoU etc. of `predictor` (psp_jax.inference.Predictor) over (image, label) pairs.
+
+  Each image is predicted at its original size with `inference.predict(**predict_kwargs)`
+  (test resize, whole/slide, scales, flip) and compared with its full-resolution label,
+  as mmseg's test loop does. Logs progress, ETA and the network shapes compiled so far.
+  """
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  start = time.time()
+  for index, (image, label) in enumerate(examples, 1):
+    scores = inference.predict(predictor, image, **predict_kwargs)
+    label = np.asarray(label).reshape(scores.shape[:2]).astype(np.int64)
+    valid = (label >= 0) & (label < num_classes)
+    matrix += np.bincount(label[valid] * num_classes + scores.argmax(-1)[valid],
+                          minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    if index % log_every == 0 or index == total:
+      rate = index / (time.time() - start)
+      eta = f', ETA {((total or index) - index) / rate:.0f}s' if total else ''
+      logging.info('evaluated %d%s images (%.2f/s%s); %d network shapes compiled', index,
+                   f'/{total}' if total else '', rate, eta, len(predictor.compiled_shapes))
+  return segmentation_metrics(matrix, class_names)
+
+
+def format_table(metrics: dict[str, float], class_names: Sequence[str]) -> str:
+  """The per-class IoU/Acc table and the mIoU/mAcc/aAcc summary, as mmseg prints them."""
+  width = max(len(n) for n in class_names)
+  lines = [f'{"class":<{width}}  {"IoU":>6}  {"Acc":>6}']
+  lines += [f'{n:<{width}}  {metrics[f"IoU/{n}"]:6.2f}  {metrics[f"Acc/{n}"]:6.2f}'
+            for n in class_names]
+  lines.append(f'aAcc {metrics["aAcc"]:.2f}  mIoU {metrics["mIoU"]:.2f}  '
+               f'mAcc {metrics["mAcc"]:.2f}')
+  return '\n'.join(lines)
+
+
+def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float], str]:
+  """Runs config.test over a TFDS split of config.dataset; returns (metrics, table)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from psp_jax import datasets  # pylint: disable=g-import-not-at-top
+  from psp_jax.models.pspnet import build_model  # pylint: disable=g-import-not-at-top
+  module = datasets.dataset_module(config.dataset.name)
+  builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
+  decode = getattr(module, 'decode', lambda e: (e['image'], e['segmentation_mask']))
+  test = config.test
+  predictor = inference.Predictor(build_model(config.model), variables, mode=test.mode,
+                                  crop_size=test.crop_size, stride=test.stride,
+                                  window_batch=test.window_batch)
+  examples = tfds.as_numpy(builder.as_dataset(split=split).map(decode))
+  metrics = evaluate_images(
+      predictor, examples, num_classes=config.model.num_classes, class_names=module.CLASS_NAMES,
+      total=builder.info.splits[split].num_examples, scales=test.scales, flip=test.flip,
+      resize=test.resize, test_scale=test.test_scale)
+  return metrics, format_table(metrics, module.CLASS_NAMES)

@@ -230,3 +230,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   best.wait_until_finished()
   writer.flush()
   return metrics
+
+
+def load_trained_variables(workdir: str, which: str = 'best') -> tuple[Any, int]:
+  """({'params', 'batch_stats'}, step) of the best (by mIoU) or latest checkpoint in `workdir`."""
+  if which not in ('best', 'latest'):
+    raise ValueError(f"which={which!r}: use 'best' or 'latest'.")
+  directory = os.path.join(workdir, 'best' if which == 'best' else 'checkpoints')
+  manager = ocp.CheckpointManager(directory)
+  step = manager.best_step() if which == 'best' else manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {directory}: train first, or pass --checkpoint.')
+  restored = manager.restore(step, args=ocp.args.StandardRestore())
+  return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, step

@@ -126,3 +126,15 @@ def test_confusion_matrix_metrics_by_hand():
   np.testing.assert_allclose(metrics['mAcc'], 100 * (1 / 2 + 1 + 0) / 3)
   np.testing.assert_allclose(metrics['aAcc'], 100 * 3 / 5)
   assert np.isnan(metrics['IoU/d'])
+
+
+def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(interrupted_run):
+  config = tiny_config(interrupted_run['data_dir'], 3)
+  config.test.resize = 'none'
+  variables, step = train_lib.load_trained_variables(interrupted_run['workdir'], 'best')
+  metrics, table = evaluation.evaluate_config(config, variables, 'validation')
+  # Training validated step 2 and step 3 on the same whole 128x128 scenes; the best is kept.
+  expected = interrupted_run['second'] if step == 3 else interrupted_run['first']
+  assert metrics['mIoU'] == pytest.approx(expected['mIoU'], abs=1e-6)
+  assert metrics['IoU/boat'] == pytest.approx(expected['IoU/boat'], nan_ok=True, abs=1e-6)
+  assert 'pavement' in table and f'mIoU {metrics["mIoU"]:.2f}' in table

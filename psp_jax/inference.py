@@ -1,0 +1,154 @@
+"""Whole-image and sliding-window inference, multi-scale and flip (mmseg / semseg test modes).
+
+mmseg's EncoderDecoder path, step by step: resize the image to the test scale, run the
+network (whole image, or overlapping crops whose logits are averaged), bilinearly upsample
+the 1/8 logits to the network input, then bilinearly resize them to the original image
+size and take the argmax. With several scales or flip, softmax probabilities at the
+original size are averaged (mmseg's SegTTAModel, semseg's test.py).
+
+Arrays are NHWC numpy/jax; an image is [H, W, 3] in 0-255 RGB, a label map [H, W].
+"""
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psp_jax.input_pipeline import MEAN_RGB, STDDEV_RGB
+from psp_jax.models import resample
+from psp_jax.models.pspnet import PSPNet, upsample_logits
+
+
+def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
+  """mmcv's `Resize(scale=(long, short), keep_ratio=True)`: largest size within both edges."""
+  factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+  return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def base_size(height: int, width: int, base: int, scale: float = 1.0) -> tuple[int, int]:
+  """semseg's test resize: the long side becomes round(base * scale), keeping the ratio."""
+  long_side = round(base * scale)
+  if height > width:
+    return long_side, round(long_side / height * width)
+  return round(long_side / width * height), long_side
+
+
+def slide_windows(height: int, width: int, crop: Sequence[int],
+                  stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
+  """mmseg's slide_inference grid: (y1, y2, x1, x2) of each window, the last ones flush
+  with the bottom/right edge; windows shrink to the image where it is smaller than crop."""
+  rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
+  cols = max(width - crop[1] + stride[1] - 1, 0) // stride[1] + 1
+  windows = []
+  for row in range(rows):
+    for col in range(cols):
+      y2, x2 = min(row * stride[0] + crop[0], height), min(col * stride[1] + crop[1], width)
+      windows.append((max(y2 - crop[0], 0), y2, max(x2 - crop[1], 0), x2))
+  return windows
+
+
+def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+  """Bilinear resize without antialiasing (cv2.INTER_LINEAR / half-pixel centres), rounded
+  to uint8 as mmcv's imrescale returns it. [H, W, 3] -> [h, w, 3] uint8."""
+  if tuple(size) == image.shape[:2]:
+    return image
+  rows = resample.bilinear_matrix(image.shape[0], size[0], align_corners=False)
+  cols = resample.bilinear_matrix(image.shape[1], size[1], align_corners=False)
+  resized = np.einsum('hH,HWc,wW->hwc', rows, image.astype(np.float32), cols)
+  return np.clip(np.round(resized), 0, 255).astype(np.uint8)
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+  return (image.astype(np.float32) - np.float32(MEAN_RGB)) / np.float32(STDDEV_RGB)
+
+
+class Predictor:
+  """Logits of one image at its own size, whole or by sliding window, jitted per shape.
+
+  Every distinct input shape compiles the network once; `compiled_shapes` lists them so
+  that a caller can log (and bound) recompilation. Slide mode feeds windows in batches of
+  `window_batch` (the last batch padded), so it compiles once per window shape.
+  """
+
+  def __init__(self, model: PSPNet, variables: Any, mode: str = 'whole',
+               crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+               window_batch: int = 4):
+    if mode not in ('whole', 'slide'):
+      raise ValueError(f"mode={mode!r}: use 'whole' or 'slide'.")
+    if mode == 'slide' and not (crop_size and stride):
+      raise ValueError('slide mode needs crop_size and stride.')
+    self.model, self.variables, self.mode = model, variables, mode
+    self.crop_size, self.stride, self.window_batch = crop_size, stride, window_batch
+    self.compiled_shapes: set[tuple[int, ...]] = set()
+    self._forward = jax.jit(self._logits_at_input_size)
+
+  def _logits_at_input_size(self, variables, images):
+    outputs = self.model.apply(variables, images, train=False)
+    return upsample_logits(outputs['logits'], images.shape[1:3], self.model.align_corners)
+
+  def _run(self, images: np.ndarray) -> jax.Array:
+    self.compiled_shapes.add(images.shape)
+    return self._forward(self.variables, jnp.asarray(images))
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    """[H, W, 3] normalised float image -> [H, W, num_classes] float32 logits."""
+    if self.mode == 'whole':
+      return np.asarray(self._run(image[None])[0])
+    height, width = image.shape[:2]
+    windows = slide_windows(height, width, self.crop_size, self.stride)
+    crops = np.stack([image[y1:y2, x1:x2] for y1, y2, x1, x2 in windows])
+    padding = (-len(crops)) % self.window_batch
+    crops = np.concatenate([crops, np.zeros((padding, *crops.shape[1:]), crops.dtype)])
+    logits = np.concatenate([np.asarray(self._run(crops[i:i + self.window_batch]))
+                             for i in range(0, len(crops), self.window_batch)])
+    total = np.zeros((height, width, logits.shape[-1]), np.float32)
+    count = np.zeros((height, width, 1), np.float32)
+    for (y1, y2, x1, x2), window_logits in zip(windows, logits):
+      total[y1:y2, x1:x2] += window_logits
+      count[y1:y2, x1:x2] += 1
+    return total / count
+
+
+@functools.partial(jax.jit, static_argnames=('size', 'align_corners'))
+def _resize_logits(logits, size, align_corners):
+  return resample.resize_bilinear(logits[None], size, align_corners)[0]
+
+
+def predict(predictor: Predictor, image: np.ndarray, *, scales: Sequence[float] = (1.0,),
+            flip: bool = False, resize: str = 'keep_ratio',
+            test_scale: Sequence[int] | int | None = None) -> np.ndarray:
+  """Class scores for one image at its original size: [H, W, num_classes].
+
+  Args:
+    image: [H, W, 3] uint8 RGB, as read from disk.
+    scales: multipliers of the test scale; flip: add horizontally flipped inputs.
+    resize: 'keep_ratio' (mmseg: `test_scale` = (long, short) edge limits), 'base_size'
+      (semseg: the long side becomes `test_scale` x scale), or 'none'.
+  Returns:
+    Logits when there is one input (one scale, no flip), as mmseg's `seg_logits`;
+    otherwise softmax probabilities averaged over the inputs (mmseg TTA, semseg ms).
+  """
+  height, width = image.shape[:2]
+  align_corners = predictor.model.align_corners
+  inputs = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
+  total = None
+  for scale, flipped in inputs:
+    if resize == 'keep_ratio':
+      size = rescale_size(height, width, [round(e * scale) for e in test_scale])
+    elif resize == 'base_size':
+      size = base_size(height, width, test_scale, scale)
+    elif resize == 'none':
+      size = (round(height * scale), round(width * scale))
+    else:
+      raise ValueError(f"resize={resize!r}: use 'keep_ratio', 'base_size' or 'none'.")
+    x = normalize(resize_image(image, size))
+    logits = predictor(x[:, ::-1] if flipped else x)
+    logits = logits[:, ::-1] if flipped else logits
+    scores = _resize_logits(jnp.asarray(logits), (height, width), align_corners)
+    if len(inputs) > 1:
+      scores = jax.nn.softmax(scores, axis=-1)
+    total = scores if total is None else total + scores
+  return np.asarray(total / len(inputs))
+

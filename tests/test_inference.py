@@ -1,0 +1,113 @@
+"""Whole/slide inference, multi-scale and flip: window geometry, symmetry, and mmseg parity."""
+
+import jax
+import numpy as np
+import pytest
+
+import mmseg_reference as ref
+from configs import ade20k
+from psp_jax import build_model, evaluation, inference
+from psp_jax.convert import convert_state_dict
+
+NUM_CLASSES = 19
+TEST_SCALE = (160, 96)  # mmseg Resize(scale=(long, short), keep_ratio=True), scaled down
+CROP, STRIDE = (64, 64), (43, 43)
+# Varied sizes: portrait, landscape, one smaller than the crop in a dimension after resizing.
+SIZES = [(61, 83), (100, 75), (90, 90), (40, 150)]
+
+
+@pytest.mark.parametrize('height, width, crop, stride', [
+    (97, 129, (64, 64), (43, 43)), (64, 64, (64, 64), (43, 43)), (50, 200, (64, 96), (32, 48)),
+    (30, 40, (64, 64), (43, 43)), (512, 1024, (512, 512), (341, 341))])
+def test_slide_windows_cover_every_pixel_as_the_stride_implies(height, width, crop, stride):
+  windows = inference.slide_windows(height, width, crop, stride)
+  count = np.zeros((height, width), int)
+  for y1, y2, x1, x2 in windows:
+    assert (y2 - y1, x2 - x1) == (min(crop[0], height), min(crop[1], width))
+    count[y1:y2, x1:x2] += 1
+  assert count.min() >= 1
+  rows = sorted({w[0] for w in windows})
+  cols = sorted({w[2] for w in windows})
+  assert len(windows) == len(rows) * len(cols)
+  # Windows start every `stride` pixels; the last one is moved back to end at the edge.
+  assert rows == sorted({min(i * stride[0], max(height - crop[0], 0)) for i in range(len(rows))})
+  assert cols == sorted({min(i * stride[1], max(width - crop[1], 0)) for i in range(len(cols))})
+  assert max(w[1] for w in windows) == height and max(w[3] for w in windows) == width
+
+
+def test_rescale_sizes_follow_mmcv_and_semseg():
+  assert inference.rescale_size(512, 683, (2048, 512)) == (512, 683)
+  assert inference.rescale_size(1024, 2048, (2048, 512)) == (512, 1024)
+  assert inference.rescale_size(300, 1500, (2048, 512)) == (410, 2048)
+  assert inference.base_size(375, 500, 512) == (384, 512)
+  assert inference.base_size(500, 375, 512, 0.5) == (256, 192)
+
+
+@pytest.fixture(scope='module')
+def converted():
+  reference = ref.build_pspnet(depth=18, num_classes=NUM_CLASSES, seed=3)
+  config = ade20k.get_model_config()
+  config.update(depth=18, channels=128, ppm_channels=128, aux_channels=64,
+                num_classes=NUM_CLASSES)
+  model = build_model(config)
+  variables = convert_state_dict(ref.state_dict(reference), 'mmseg', model)
+  return reference, model, variables
+
+
+def _images(seed=0):
+  rng = np.random.RandomState(seed)
+  return [rng.randint(0, 256, (*size, 3)).astype(np.uint8) for size in SIZES]
+
+
+def test_flip_averaging_is_symmetric(converted):
+  _, model, variables = converted
+  predictor = inference.Predictor(model, variables)
+  image = _images()[0]
+  scores = inference.predict(predictor, image, flip=True, resize='none')
+  mirrored = inference.predict(predictor, image[:, ::-1], flip=True, resize='none')
+  np.testing.assert_allclose(scores, mirrored[:, ::-1], atol=1e-5)
+  np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)  # averaged probabilities
+
+
+def _mmseg_predictions(reference, images, mode):
+  """mmseg 1.2.2's own test path: mmcv.imrescale, normalise, EncoderDecoder.predict."""
+  import mmcv
+  import torch
+  from mmengine.config import ConfigDict
+  from mmseg.structures import SegDataSample
+  reference.test_cfg = ConfigDict(mode=mode, crop_size=CROP, stride=STRIDE)
+  predictions = []
+  for image in images:
+    resized = mmcv.imrescale(image, TEST_SCALE, interpolation='bilinear', backend='cv2')
+    x = (resized.astype(np.float32) - np.float32(inference.MEAN_RGB)) / np.float32(
+        inference.STDDEV_RGB)
+    sample = SegDataSample(metainfo=dict(img_shape=resized.shape[:2],
+                                         ori_shape=image.shape[:2]))
+    with torch.no_grad():
+      (result,) = reference.predict(torch.from_numpy(x.transpose(2, 0, 1)[None].copy()),
+                                    [sample])
+    predictions.append(result.pred_sem_seg.data[0].numpy())
+  return predictions
+
+
+@pytest.mark.parametrize('mode', ['whole', 'slide'])
+def test_evaluation_path_matches_mmseg_inference(converted, mode):
+  reference, model, variables = converted
+  images = _images()
+  expected = _mmseg_predictions(reference, images, mode)
+  predictor = inference.Predictor(model, variables, mode=mode, crop_size=CROP, stride=STRIDE)
+  ours = [inference.predict(predictor, image, test_scale=TEST_SCALE).argmax(-1)
+          for image in images]
+  agreement = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(ours, expected)]))
+  assert agreement >= 0.999, agreement
+  # The same mIoU on labels made from mmseg's predictions with some pixels changed.
+  rng = np.random.RandomState(1)
+  labels = [np.where(rng.rand(*e.shape) < 0.3, rng.randint(0, NUM_CLASSES, e.shape), e)
+            for e in expected]
+  labels[0][:5] = 255
+  def miou(predictions):
+    matrix = sum(np.asarray(evaluation.confusion_matrix(p[None], l[None], NUM_CLASSES))
+                 for p, l in zip(predictions, labels))
+    return evaluation.segmentation_metrics(matrix)['mIoU']
+  assert abs(miou(ours) - miou(expected)) <= 0.01
+  assert len({s for s in predictor.compiled_shapes}) <= len(images)
