@@ -18,7 +18,8 @@ from flax import jax_utils, serialization, traverse_util
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from psp_jax import checkpoint, datasets, evaluation, input_pipeline, losses, optimizer
+from psp_jax import (checkpoint, datasets, evaluation, inference, input_pipeline, losses,
+                     optimizer, visualize)
 from psp_jax.models.pspnet import PSPNet, build_model
 
 
@@ -138,6 +139,32 @@ def evaluate(p_eval_step, state: TrainState, dataset, class_names) -> dict[str, 
       evaluation.accumulate_confusion(p_eval_step, variables, batches), class_names)
 
 
+class PredictionPreview:
+  """The first validation images, their ground truth and the current prediction, in colour.
+
+  Whole-image prediction with config.test's resize; the network compiles once per image
+  shape, the first time only, since the variables are an argument of the jitted function.
+  """
+
+  def __init__(self, model: PSPNet, builder, config, dataset_module):
+    decode = getattr(dataset_module, 'decode', lambda e: (e['image'], e['segmentation_mask']))
+    count = config.get('num_preview_images', 3)
+    split = builder.as_dataset(split=config.dataset.eval_split).take(count).map(decode)
+    self.examples = list(tfds.as_numpy(split)) if count else []
+    self.predictor = inference.Predictor(model, None)
+    self.test, self.palette = config.test, dataset_module.PALETTE
+
+  def __call__(self, variables) -> dict[str, np.ndarray]:
+    self.predictor.variables = variables
+    panels = {}
+    for i, (image, label) in enumerate(self.examples):
+      prediction = inference.predict(self.predictor, image, resize=self.test.resize,
+                                     test_scale=self.test.test_scale).argmax(-1)
+      panels[f'eval/prediction_{i}'] = visualize.side_by_side(
+          image, label[..., 0], prediction, self.palette)[None]
+    return panels
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last eval.
 
@@ -191,12 +218,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   p_eval_step = evaluation.pmapped_eval_step(
       model.apply, num_classes=config.model.num_classes, align_corners=config.model.align_corners)
 
+  preview = PredictionPreview(model, builder, config, dataset_module)
+
   def run_eval(step):
     eval_ds = input_pipeline.create_split(builder, config.dataset.eval_split, eval_config,
                                           config.eval_batch_size // jax.device_count(),
                                           train=False, decode=decode)
     metrics = evaluate(p_eval_step, state, eval_ds, dataset_module.CLASS_NAMES)
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    if jax.process_index() == 0 and config.get('num_preview_images', 3):
+      writer.write_images(step, preview(jax_utils.unreplicate(
+          {'params': state.params, 'batch_stats': state.batch_stats})))
     logging.info('step %d: validation mIoU %.2f  mAcc %.2f  aAcc %.2f', step, metrics['mIoU'],
                  metrics['mAcc'], metrics['aAcc'])
     return metrics

@@ -2,6 +2,8 @@
 
 import glob
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -83,7 +85,15 @@ def test_resume_continues_at_the_right_step(interrupted_run):
                          jax.tree_util.tree_leaves(restored.params)[0])
 
 
-def test_eval_metrics_and_best_checkpoint(interrupted_run):
+def test_eval_metrics_predictions_and_best_checkpoint(interrupted_run):
+  images = {}
+  for path in glob.glob(os.path.join(interrupted_run['workdir'], 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag.startswith('eval/prediction_'):
+          images[value.tag] = tf.io.decode_png(tf.make_ndarray(value.tensor)[-1]).shape
+  # Image, ground truth and prediction side by side for the first 3 validation scenes.
+  assert images == {f'eval/prediction_{i}': (128, 3 * 128, 3) for i in range(3)}
   metrics = interrupted_run['second']
   assert 0 <= metrics['mIoU'] <= 100 and 0 <= metrics['aAcc'] <= 100
   assert {'IoU/boat', 'IoU/car', 'Acc/person'} <= set(metrics)
@@ -138,3 +148,30 @@ def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(interrupted_r
   assert metrics['mIoU'] == pytest.approx(expected['mIoU'], abs=1e-6)
   assert metrics['IoU/boat'] == pytest.approx(expected['IoU/boat'], nan_ok=True, abs=1e-6)
   assert 'pavement' in table and f'mIoU {metrics["mIoU"]:.2f}' in table
+
+
+def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from psp_jax.datasets import synthetic_scenes  # pylint: disable=g-import-not-at-top
+  image, _ = synthetic_scenes.render_scene(12345)
+  Image.fromarray(image[:100, :120]).save(tmp_path / 'street.png')  # any size
+  root = os.path.dirname(os.path.dirname(__file__))
+  config = os.path.join(root, 'configs', 'quickstart.py')
+  overrides = ['--config.model.stem_widths=(4,4,8)', '--config.model.base_width=4',
+               '--config.model.ppm_channels=4', '--config.model.channels=8',
+               '--config.model.aux_channels=4']
+  subprocess.run([sys.executable, os.path.join(root, 'predict.py'), f'--config={config}',
+                  *overrides, f'--workdir={interrupted_run["workdir"]}', str(tmp_path),
+                  f'--out={tmp_path / "out"}'], check=True, cwd=root)
+  mask = np.asarray(Image.open(tmp_path / 'out' / 'street_mask.png'))
+  overlay = np.asarray(Image.open(tmp_path / 'out' / 'street_overlay.png'))
+  assert mask.shape == (100, 120, 3)
+  colours = {tuple(c) for c in mask.reshape(-1, 3)}
+  assert colours <= set(synthetic_scenes.PALETTE)
+  assert overlay.shape[0] > 100 and overlay.shape[1] == 120  # the legend below the overlay
+
+
+def test_colorize_draws_the_palette_and_ignore_in_black():
+  from psp_jax import visualize  # pylint: disable=g-import-not-at-top
+  colours = visualize.colorize(np.array([[0, 1], [255, 7]]), [(1, 2, 3), (4, 5, 6)])
+  np.testing.assert_array_equal(colours, [[[1, 2, 3], [4, 5, 6]], [[0, 0, 0], [0, 0, 0]]])

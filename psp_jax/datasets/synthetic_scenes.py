@@ -19,6 +19,8 @@ import tensorflow_datasets as tfds
 
 CLASS_NAMES = ('sky', 'building', 'water', 'road', 'pavement', 'boat', 'car', 'person')
 SKY, BUILDING, WATER, ROAD, PAVEMENT, BOAT, CAR, PERSON = range(len(CLASS_NAMES))
+PALETTE = ((70, 130, 180), (70, 70, 70), (0, 60, 200), (128, 64, 128), (244, 35, 232),
+           (0, 200, 200), (0, 0, 142), (220, 20, 60))  # boat and car in different hues
 CONTEXT_CLASSES = ('boat', 'car')  # same appearance and surroundings, class decided by the scene
 SIZE = 128
 _GAP = 20  # least distance, in pixels, between a vehicle and the water/road band

@@ -33,6 +33,23 @@ CLASS_NAMES = (
     'sheep', 'sofa', 'train', 'tvmonitor')
 
 
+
+def _voc_palette(count: int) -> tuple[tuple[int, int, int], ...]:
+  """The VOC devkit colour map (bitget interleaving of the class id), class 0 black."""
+  colours = []
+  for index in range(count):
+    r = g = b = 0
+    for bit in range(8):
+      r |= ((index >> 0) & 1) << (7 - bit)
+      g |= ((index >> 1) & 1) << (7 - bit)
+      b |= ((index >> 2) & 1) << (7 - bit)
+      index >>= 3
+    colours.append((r, g, b))
+  return tuple(colours)
+
+
+PALETTE = _voc_palette(len(CLASS_NAMES))
+
 def read_ids(path: epath.Path) -> list[str]:
   """Image ids of one split list (one id per line, as both VOC and SBD write them)."""
   return [line.strip() for line in epath.Path(path).read_text().splitlines() if line.strip()]
