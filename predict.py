@@ -55,12 +55,14 @@ def main(argv):
   test = config.test
   predictor = inference.Predictor(build_model(config.model), variables, mode=test.mode,
                                   crop_size=test.crop_size, stride=test.stride,
-                                  window_batch=test.window_batch)
+                                  window_batch=test.window_batch,
+                                  size_divisor=test.size_divisor)
   os.makedirs(FLAGS.out, exist_ok=True)
   for path in paths:
     image = np.asarray(Image.open(path).convert('RGB'))
-    prediction = inference.predict(predictor, image, scales=test.scales, flip=test.flip,
-                                   resize=test.resize, test_scale=test.test_scale).argmax(-1)
+    prediction = inference.predict(
+        predictor, image, scales=test.scales, flip=test.flip, resize=test.resize,
+        test_scale=test.test_scale, base=test.base_size).argmax(-1)
     colours = visualize.colorize(prediction, module.PALETTE)
     legend = visualize.legend(prediction, module.CLASS_NAMES, module.PALETTE,
                                     image.shape[1])

@@ -75,10 +75,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.test.crop_size = (512, 512)            # slide windows
   config.test.stride = (341, 341)
   config.test.resize = 'keep_ratio'             # mmseg Resize(scale=(2048, 512), keep_ratio)
-  config.test.test_scale = (2048, 512)          # 'base_size' (semseg) takes one int
+  config.test.test_scale = (2048, 512)          # 'keep_ratio': (long, short) edge limits
+  config.test.base_size = 512                   # 'base_size' (semseg): the long side
   config.test.scales = (1.0,)                   # multi-scale: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75
   config.test.flip = False
   config.test.window_batch = 4
+  # Pad to a multiple (mean colour, logits cropped back), as mmseg's test_cfg size_divisor:
+  # ADE20K's many image sizes then compile a few dozen programs, not hundreds. None runs
+  # every image at its own size, exactly as mmseg's batch-1 test.
+  config.test.size_divisor = 128
 
   config.init_from = ''             # Orbax variables from `python -m psp_jax.convert`
   config.eval_batch_size = 8

@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.crop_size = (713, 713)
   config.num_train_steps = 200 * (2_975 // 16)  # 200 epochs
   config.eval_batch_size = 8
-  config.test.test_scale = 2048                 # semseg base_size: frames stay 1024x2048
+  config.test.base_size = 2048                  # semseg: frames stay 1024x2048
   config.test.crop_size = (713, 713)
   config.test.stride = (475, 475)
   config.eval_pad_size = (1024, 2048)           # whole 1024x2048 frames

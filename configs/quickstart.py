@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 50
   config.eval_pad_size = (128, 128)
   config.test.resize = 'none'       # the scenes are evaluated at their 128x128
+  config.test.size_divisor = None
   config.log_every_steps = 50
   config.eval_every_steps = 600
   config.checkpoint_every_steps = 300

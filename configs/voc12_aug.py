@@ -45,10 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
   optimizer.end_learning_rate = 0.0    # semseg poly_learning_rate decays to 0
   config.init_from = ''                # set to the converted semseg ImageNet ResNet-50
   config.test.resize = 'base_size'     # semseg test.py: long side 512
-  config.test.test_scale = 512
+  config.test.base_size = 512
   config.test.mode = 'slide'           # semseg's 473 crops at stride 2/3, on mmseg's grid
   config.test.crop_size = (473, 473)
   config.test.stride = (315, 315)
+  config.test.size_divisor = None      # semseg pads no image; its windows are mean-padded
   config.eval_pad_size = (512, 512)    # VOC images are at most 500x500
   config.eval_every_steps = 5 * (10_582 // 16)
   config.checkpoint_every_steps = 10_582 // 16

@@ -134,10 +134,11 @@ def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float
   test = config.test
   predictor = inference.Predictor(build_model(config.model), variables, mode=test.mode,
                                   crop_size=test.crop_size, stride=test.stride,
-                                  window_batch=test.window_batch)
+                                  window_batch=test.window_batch,
+                                  size_divisor=test.size_divisor)
   examples = tfds.as_numpy(builder.as_dataset(split=split).map(decode))
   metrics = evaluate_images(
       predictor, examples, num_classes=config.model.num_classes, class_names=module.CLASS_NAMES,
       total=builder.info.splits[split].num_examples, scales=test.scales, flip=test.flip,
-      resize=test.resize, test_scale=test.test_scale)
+      resize=test.resize, test_scale=test.test_scale, base=test.base_size)
   return metrics, format_table(metrics, module.CLASS_NAMES)

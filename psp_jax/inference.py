@@ -68,19 +68,23 @@ class Predictor:
   """Logits of one image at its own size, whole or by sliding window, jitted per shape.
 
   Every distinct input shape compiles the network once; `compiled_shapes` lists them so
-  that a caller can log (and bound) recompilation. Slide mode feeds windows in batches of
-  `window_batch` (the last batch padded), so it compiles once per window shape.
+  that a caller can log (and bound) recompilation. `size_divisor` pads each image at the
+  bottom/right (with 0, i.e. the mean colour after normalisation) to a multiple of it and
+  crops the logits back, as mmseg's data preprocessor with `test_cfg=dict(size_divisor=N)`
+  does: images of many sizes then share a few shape buckets. Slide mode feeds windows in
+  batches of `window_batch` (the last batch padded), so it compiles once per window shape.
   """
 
   def __init__(self, model: PSPNet, variables: Any, mode: str = 'whole',
                crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-               window_batch: int = 4):
+               window_batch: int = 4, size_divisor: int | None = None):
     if mode not in ('whole', 'slide'):
       raise ValueError(f"mode={mode!r}: use 'whole' or 'slide'.")
     if mode == 'slide' and not (crop_size and stride):
       raise ValueError('slide mode needs crop_size and stride.')
     self.model, self.variables, self.mode = model, variables, mode
     self.crop_size, self.stride, self.window_batch = crop_size, stride, window_batch
+    self.size_divisor = size_divisor
     self.compiled_shapes: set[tuple[int, ...]] = set()
     self._forward = jax.jit(self._logits_at_input_size)
 
@@ -94,6 +98,13 @@ class Predictor:
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     """[H, W, 3] normalised float image -> [H, W, num_classes] float32 logits."""
+    height, width = image.shape[:2]
+    if self.size_divisor:
+      padded = [-(-n // self.size_divisor) * self.size_divisor for n in (height, width)]
+      image = np.pad(image, ((0, padded[0] - height), (0, padded[1] - width), (0, 0)))
+    return self._logits(image)[:height, :width]
+
+  def _logits(self, image: np.ndarray) -> np.ndarray:
     if self.mode == 'whole':
       return np.asarray(self._run(image[None])[0])
     height, width = image.shape[:2]
@@ -118,14 +129,15 @@ def _resize_logits(logits, size, align_corners):
 
 def predict(predictor: Predictor, image: np.ndarray, *, scales: Sequence[float] = (1.0,),
             flip: bool = False, resize: str = 'keep_ratio',
-            test_scale: Sequence[int] | int | None = None) -> np.ndarray:
+            test_scale: Sequence[int] | None = None,
+            base: int | None = None) -> np.ndarray:
   """Class scores for one image at its original size: [H, W, num_classes].
 
   Args:
     image: [H, W, 3] uint8 RGB, as read from disk.
     scales: multipliers of the test scale; flip: add horizontally flipped inputs.
     resize: 'keep_ratio' (mmseg: `test_scale` = (long, short) edge limits), 'base_size'
-      (semseg: the long side becomes `test_scale` x scale), or 'none'.
+      (semseg: the long side becomes `base` x scale), or 'none' (x scale only).
   Returns:
     Logits when there is one input (one scale, no flip), as mmseg's `seg_logits`;
     otherwise softmax probabilities averaged over the inputs (mmseg TTA, semseg ms).
@@ -138,7 +150,7 @@ def predict(predictor: Predictor, image: np.ndarray, *, scales: Sequence[float] 
     if resize == 'keep_ratio':
       size = rescale_size(height, width, [round(e * scale) for e in test_scale])
     elif resize == 'base_size':
-      size = base_size(height, width, test_scale, scale)
+      size = base_size(height, width, base, scale)
     elif resize == 'none':
       size = (round(height * scale), round(width * scale))
     else:

@@ -151,7 +151,7 @@ class PredictionPreview:
     count = config.get('num_preview_images', 3)
     split = builder.as_dataset(split=config.dataset.eval_split).take(count).map(decode)
     self.examples = list(tfds.as_numpy(split)) if count else []
-    self.predictor = inference.Predictor(model, None)
+    self.predictor = inference.Predictor(model, None, size_divisor=config.test.size_divisor)
     self.test, self.palette = config.test, dataset_module.PALETTE
 
   def __call__(self, variables) -> dict[str, np.ndarray]:
@@ -159,7 +159,8 @@ class PredictionPreview:
     panels = {}
     for i, (image, label) in enumerate(self.examples):
       prediction = inference.predict(self.predictor, image, resize=self.test.resize,
-                                     test_scale=self.test.test_scale).argmax(-1)
+                                     test_scale=self.test.test_scale,
+                                     base=self.test.base_size).argmax(-1)
       panels[f'eval/prediction_{i}'] = visualize.side_by_side(
           image, label[..., 0], prediction, self.palette)[None]
     return panels

@@ -69,33 +69,38 @@ def test_flip_averaging_is_symmetric(converted):
   np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)  # averaged probabilities
 
 
-def _mmseg_predictions(reference, images, mode):
-  """mmseg 1.2.2's own test path: mmcv.imrescale, normalise, EncoderDecoder.predict."""
+def _mmseg_predictions(reference, images, mode, size_divisor=None):
+  """mmseg 1.2.2's own test path: mmcv.imrescale, SegDataPreProcessor (normalise, and pad
+  to `size_divisor` as with its test_cfg), EncoderDecoder.predict."""
   import mmcv
   import torch
   from mmengine.config import ConfigDict
+  from mmseg.models.data_preprocessor import SegDataPreProcessor
   from mmseg.structures import SegDataSample
   reference.test_cfg = ConfigDict(mode=mode, crop_size=CROP, stride=STRIDE)
+  preprocessor = SegDataPreProcessor(
+      mean=inference.MEAN_RGB, std=inference.STDDEV_RGB, pad_val=0, seg_pad_val=255,
+      test_cfg=dict(size_divisor=size_divisor) if size_divisor else None)
   predictions = []
   for image in images:
     resized = mmcv.imrescale(image, TEST_SCALE, interpolation='bilinear', backend='cv2')
-    x = (resized.astype(np.float32) - np.float32(inference.MEAN_RGB)) / np.float32(
-        inference.STDDEV_RGB)
     sample = SegDataSample(metainfo=dict(img_shape=resized.shape[:2],
                                          ori_shape=image.shape[:2]))
+    data = preprocessor(dict(inputs=[torch.from_numpy(resized.transpose(2, 0, 1).copy())],
+                             data_samples=[sample]), training=False)
     with torch.no_grad():
-      (result,) = reference.predict(torch.from_numpy(x.transpose(2, 0, 1)[None].copy()),
-                                    [sample])
+      (result,) = reference.predict(data['inputs'], data['data_samples'])
     predictions.append(result.pred_sem_seg.data[0].numpy())
   return predictions
 
 
-@pytest.mark.parametrize('mode', ['whole', 'slide'])
-def test_evaluation_path_matches_mmseg_inference(converted, mode):
+@pytest.mark.parametrize('mode, size_divisor', [('whole', None), ('slide', None), ('whole', 32)])
+def test_evaluation_path_matches_mmseg_inference(converted, mode, size_divisor):
   reference, model, variables = converted
   images = _images()
-  expected = _mmseg_predictions(reference, images, mode)
-  predictor = inference.Predictor(model, variables, mode=mode, crop_size=CROP, stride=STRIDE)
+  expected = _mmseg_predictions(reference, images, mode, size_divisor)
+  predictor = inference.Predictor(model, variables, mode=mode, crop_size=CROP, stride=STRIDE,
+                                  size_divisor=size_divisor)
   ours = [inference.predict(predictor, image, test_scale=TEST_SCALE).argmax(-1)
           for image in images]
   agreement = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(ours, expected)]))
@@ -111,3 +116,17 @@ def test_evaluation_path_matches_mmseg_inference(converted, mode):
     return evaluation.segmentation_metrics(matrix)['mIoU']
   assert abs(miou(ours) - miou(expected)) <= 0.01
   assert len({s for s in predictor.compiled_shapes}) <= len(images)
+
+
+def test_size_divisor_bounds_compilations_over_many_image_sizes(converted):
+  _, model, variables = converted
+  predictor = inference.Predictor(model, variables, size_divisor=32)
+  rng = np.random.RandomState(7)
+  sizes = {(int(h), int(w)) for h, w in rng.randint(33, 97, (12, 2))}
+  for size in sizes:
+    scores = inference.predict(predictor, rng.randint(0, 256, (*size, 3)).astype(np.uint8),
+                               resize='none')
+    assert scores.shape == (*size, NUM_CLASSES)
+  # Heights and widths in 33..96 fall in the buckets 64 and 96: at most 4 programs.
+  assert len(sizes) > 8 and predictor.compiled_shapes <= {
+      (1, h, w, 3) for h in (64, 96) for w in (64, 96)}
