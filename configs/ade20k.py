@@ -4,6 +4,7 @@ mmseg reports 41.13 mIoU (single scale) for this recipe at 80k iterations.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_model_config() -> ml_collections.ConfigDict:
@@ -37,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = 'ade20k'    # psp_jax.datasets.ade20k (SceneParsing, labels 0..149)
-  config.dataset.data_dir = None    # TFDS data dir; None = ~/tensorflow_datasets
+  config.dataset.data_dir = config_dict.placeholder(str)  # TFDS data dir; None = ~/tensorflow_datasets
   config.dataset.prepare = True     # download_and_prepare (real datasets read the manual dir)
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'validation'
@@ -83,6 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Pad to a multiple (mean colour, logits cropped back), as mmseg's test_cfg size_divisor:
   # ADE20K's many image sizes then compile a few dozen programs, not hundreds. None runs
   # every image at its own size, exactly as mmseg's batch-1 test.
+  config.test.size_divisor = config_dict.placeholder(int)  # an int or None, overridable
   config.test.size_divisor = 128
 
   config.init_from = ''             # Orbax variables from `python -m psp_jax.convert`

@@ -14,9 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import jax_utils
+from jax.experimental import multihost_utils
 
 from psp_jax import inference
 from psp_jax.losses import IGNORE_LABEL
+from psp_jax.models import resample
 from psp_jax.models.pspnet import upsample_logits
 
 
@@ -131,14 +134,113 @@ def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float
   module = datasets.dataset_module(config.dataset.name)
   builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
   decode = getattr(module, 'decode', lambda e: (e['image'], e['segmentation_mask']))
-  test = config.test
-  predictor = inference.Predictor(build_model(config.model), variables, mode=test.mode,
-                                  crop_size=test.crop_size, stride=test.stride,
-                                  window_batch=test.window_batch,
-                                  size_divisor=test.size_divisor)
-  examples = tfds.as_numpy(builder.as_dataset(split=split).map(decode))
-  metrics = evaluate_images(
-      predictor, examples, num_classes=config.model.num_classes, class_names=module.CLASS_NAMES,
-      total=builder.info.splits[split].num_examples, scales=test.scales, flip=test.flip,
-      resize=test.resize, test_scale=test.test_scale, base=test.base_size)
+  test, model = config.test, build_model(config.model)
+  total = builder.info.splits[split].num_examples
+  if test.mode == 'whole' and tuple(test.scales) == (1.0,) and not test.flip and (
+      test.size_divisor):
+    # Sharded over processes, spread over local devices, confusion summed on device.
+    examples = tfds.as_numpy(builder.as_dataset(
+        split=tfds.split_for_jax_process(split, drop_remainder=False)).map(decode))
+    evaluator = BucketedEvaluator(model, variables, config.model.num_classes,
+                                  test.size_divisor, test.resize, test.test_scale,
+                                  test.base_size)
+    start = time.time()
+    for index, (image, label) in enumerate(examples, 1):
+      evaluator.add(image, label)
+      if index % 100 == 0:
+        logging.info('evaluated %d of about %d images (%.2f/s); %d shape buckets compiled',
+                     index, total // jax.process_count(), index / (time.time() - start),
+                     len(evaluator.buckets))
+    metrics = segmentation_metrics(evaluator.result(), module.CLASS_NAMES)
+    logging.info('%d shape buckets compiled in all', len(evaluator.buckets))
+  else:  # sliding windows or test-time augmentation: one image at a time
+    predictor = inference.Predictor(model, variables, mode=test.mode,
+                                    crop_size=test.crop_size, stride=test.stride,
+                                    window_batch=test.window_batch,
+                                    size_divisor=test.size_divisor)
+    examples = tfds.as_numpy(builder.as_dataset(split=split).map(decode))
+    metrics = evaluate_images(
+        predictor, examples, num_classes=config.model.num_classes,
+        class_names=module.CLASS_NAMES, total=total, scales=test.scales, flip=test.flip,
+        resize=test.resize, test_scale=test.test_scale, base=test.base_size)
   return metrics, format_table(metrics, module.CLASS_NAMES)
+
+
+def _bucket(n: int, divisor: int) -> int:
+  return -(-n // divisor) * divisor
+
+
+class BucketedEvaluator:
+  """Whole-image, single-scale evaluation spread over the local devices with pmap.
+
+  Each image is resized to its test size and padded (mean colour) to a multiple of
+  `size_divisor`; its label is padded with 255 to a multiple too. Cropping the logits
+  back and resizing them bilinearly to the label's original size is one matrix product
+  per axis whose weights are inputs, not constants, so every image sharing a bucket
+  (padded input size, padded label size) runs the same compiled program, one image per
+  device, and the confusion matrix is `psum`med on device. The same numbers as
+  `inference.predict` with `Predictor(size_divisor=...)`, which mmseg's test_cfg
+  size_divisor padding defines.
+  """
+
+  def __init__(self, model, variables: Any, num_classes: int, size_divisor: int,
+               resize: str, test_scale=None, base: int | None = None,
+               label_divisor: int | None = None):
+    self.devices = jax.local_devices()
+    self.model, self.num_classes, self.divisor = model, num_classes, size_divisor
+    # Labels keep their original sizes, which vary more: coarser buckets keep the number of
+    # (input, label) bucket pairs, i.e. of compiled programs, small.
+    self.label_divisor = label_divisor or 4 * size_divisor
+    self.resize, self.test_scale, self.base = resize, test_scale, base
+    self.variables = jax_utils.replicate(variables, self.devices)
+    self.pending: dict[tuple[int, ...], list] = {}
+    self.matrix = None
+    self.buckets: set[tuple[int, ...]] = set()
+    self._step = jax.pmap(self._confusion, axis_name='devices', devices=self.devices)
+
+  def _confusion(self, variables, image, label, rows, cols):
+    outputs = self.model.apply(variables, image[None], train=False)
+    logits = upsample_logits(outputs['logits'], image.shape[:2], self.model.align_corners)[0]
+    scores = jnp.einsum('Hh,hwc,Ww->HWc', rows, logits, cols)
+    matrix = confusion_matrix(jnp.argmax(scores, -1)[None], label[None], self.num_classes)
+    return jax.lax.psum(matrix, 'devices')
+
+  def add(self, image: np.ndarray, label: np.ndarray) -> None:
+    """Queues one (uint8 [H, W, 3], [H, W] or [H, W, 1]) pair; runs a full bucket."""
+    height, width = image.shape[:2]
+    size = inference.test_size(height, width, self.resize, 1.0, self.test_scale, self.base)
+    x = inference.normalize(inference.resize_image(image, size))
+    padded = (_bucket(size[0], self.divisor), _bucket(size[1], self.divisor))
+    out = (_bucket(height, self.label_divisor), _bucket(width, self.label_divisor))
+    x = np.pad(x, ((0, padded[0] - size[0]), (0, padded[1] - size[1]), (0, 0)))
+    label = np.asarray(label).reshape(height, width).astype(np.int32)
+    label = np.pad(label, ((0, out[0] - height), (0, out[1] - width)),
+                   constant_values=IGNORE_LABEL)
+    align = self.model.align_corners
+    rows = np.zeros((out[0], padded[0]), np.float32)
+    rows[:height, :size[0]] = resample.bilinear_matrix(size[0], height, align)
+    cols = np.zeros((out[1], padded[1]), np.float32)
+    cols[:width, :size[1]] = resample.bilinear_matrix(size[1], width, align)
+    key = (*padded, *out)
+    self.pending.setdefault(key, []).append((x, label, rows, cols))
+    if len(self.pending[key]) == len(self.devices):
+      self._run(key)
+
+  def _run(self, key) -> None:
+    items = self.pending.pop(key)
+    while len(items) < len(self.devices):  # an all-ignore filler counts nothing
+      x, label, rows, cols = items[0]
+      items.append((x, np.full_like(label, IGNORE_LABEL), rows, cols))
+    self.buckets.add(key)
+    matrix = self._step(self.variables, *(np.stack(a) for a in zip(*items)))[0]
+    self.matrix = matrix if self.matrix is None else self.matrix + matrix
+
+  def result(self) -> np.ndarray:
+    """The [C, C] confusion matrix over every image added, summed over all processes."""
+    for key in list(self.pending):
+      self._run(key)
+    matrix = np.zeros((self.num_classes,) * 2, np.int64) if self.matrix is None else (
+        np.asarray(jax.device_get(self.matrix), np.int64))
+    if jax.process_count() > 1:
+      matrix = np.asarray(multihost_utils.process_allgather(matrix)).sum(0)
+    return matrix

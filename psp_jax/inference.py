@@ -127,6 +127,18 @@ def _resize_logits(logits, size, align_corners):
   return resample.resize_bilinear(logits[None], size, align_corners)[0]
 
 
+def test_size(height: int, width: int, resize: str, scale: float = 1.0,
+              test_scale: Sequence[int] | None = None, base: int | None = None) -> tuple[int, int]:
+  """The network input size of an image: see `predict` for `resize`."""
+  if resize == 'keep_ratio':
+    return rescale_size(height, width, [round(e * scale) for e in test_scale])
+  if resize == 'base_size':
+    return base_size(height, width, base, scale)
+  if resize == 'none':
+    return round(height * scale), round(width * scale)
+  raise ValueError(f"resize={resize!r}: use 'keep_ratio', 'base_size' or 'none'.")
+
+
 def predict(predictor: Predictor, image: np.ndarray, *, scales: Sequence[float] = (1.0,),
             flip: bool = False, resize: str = 'keep_ratio',
             test_scale: Sequence[int] | None = None,
@@ -147,14 +159,7 @@ def predict(predictor: Predictor, image: np.ndarray, *, scales: Sequence[float] 
   inputs = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
   total = None
   for scale, flipped in inputs:
-    if resize == 'keep_ratio':
-      size = rescale_size(height, width, [round(e * scale) for e in test_scale])
-    elif resize == 'base_size':
-      size = base_size(height, width, base, scale)
-    elif resize == 'none':
-      size = (round(height * scale), round(width * scale))
-    else:
-      raise ValueError(f"resize={resize!r}: use 'keep_ratio', 'base_size' or 'none'.")
+    size = test_size(height, width, resize, scale, test_scale, base)
     x = normalize(resize_image(image, size))
     logits = predictor(x[:, ::-1] if flipped else x)
     logits = logits[:, ::-1] if flipped else logits

@@ -130,3 +130,27 @@ def test_size_divisor_bounds_compilations_over_many_image_sizes(converted):
   # Heights and widths in 33..96 fall in the buckets 64 and 96: at most 4 programs.
   assert len(sizes) > 8 and predictor.compiled_shapes <= {
       (1, h, w, 3) for h in (64, 96) for w in (64, 96)}
+
+
+def test_bucketed_pmap_evaluation_equals_per_image_predictions(converted):
+  """4 simulated devices, images of many sizes: the same confusion matrix as predict()."""
+  _, model, variables = converted
+  rng = np.random.RandomState(11)
+  examples = []
+  for h, w in [(61, 83), (100, 75), (90, 90), (40, 150), (64, 64), (70, 95), (33, 47)]:
+    examples.append((rng.randint(0, 256, (h, w, 3)).astype(np.uint8),
+                     np.where(rng.rand(h, w) < 0.1, 255, rng.randint(0, NUM_CLASSES, (h, w)))))
+  predictor = inference.Predictor(model, variables, size_divisor=32)
+  expected = sum(np.asarray(evaluation.confusion_matrix(
+      inference.predict(predictor, image, test_scale=TEST_SCALE).argmax(-1)[None],
+      label[None], NUM_CLASSES)) for image, label in examples)
+  evaluator = evaluation.BucketedEvaluator(model, variables, NUM_CLASSES, size_divisor=32,
+                                           resize='keep_ratio', test_scale=TEST_SCALE)
+  for image, label in examples:
+    evaluator.add(image, label)
+  matrix = evaluator.result()
+  assert matrix.sum() == sum((label != 255).sum() for _, label in examples)
+  # Identical up to argmax ties from float summation order on a handful of pixels.
+  assert np.abs(matrix - expected).sum() <= 0.001 * matrix.sum(), np.abs(matrix - expected).sum()
+  # Inputs in 32-pixel buckets, labels in 128-pixel ones: 7 sizes share 4 programs.
+  assert len(evaluator.buckets) <= 4, evaluator.buckets

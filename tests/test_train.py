@@ -175,3 +175,14 @@ def test_colorize_draws_the_palette_and_ignore_in_black():
   from psp_jax import visualize  # pylint: disable=g-import-not-at-top
   colours = visualize.colorize(np.array([[0, 1], [255, 7]]), [(1, 2, 3), (4, 5, 6)])
   np.testing.assert_array_equal(colours, [[[1, 2, 3], [4, 5, 6]], [[0, 0, 0], [0, 0, 0]]])
+
+
+def test_bucketed_evaluate_agrees_with_per_image_evaluate(interrupted_run):
+  config = tiny_config(interrupted_run['data_dir'], 3)
+  config.test.resize = 'none'
+  variables, _ = train_lib.load_trained_variables(interrupted_run['workdir'], 'best')
+  per_image, _ = evaluation.evaluate_config(config, variables, 'validation')
+  config.test.size_divisor = 32  # now pmapped over the 4 simulated devices
+  bucketed, _ = evaluation.evaluate_config(config, variables, 'validation')
+  assert bucketed['aAcc'] == pytest.approx(per_image['aAcc'], abs=0.01)
+  assert bucketed['mIoU'] == pytest.approx(per_image['mIoU'], abs=0.01, nan_ok=True)
