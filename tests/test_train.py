@@ -126,16 +126,18 @@ def test_init_from_loads_converted_variables_and_rejects_wrong_shapes(interrupte
 
 
 def test_confusion_matrix_metrics_by_hand():
-  labels = np.array([[[0, 0, 1, 1, 255, 2]]])
-  predictions = np.array([[[0, 1, 1, 1, 0, 0]]])
-  matrix = np.asarray(evaluation.confusion_matrix(predictions, labels, num_classes=4))
-  np.testing.assert_array_equal(matrix, [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
-  metrics = evaluation.segmentation_metrics(matrix, ['a', 'b', 'c', 'd'])
-  # IoU a = 1/3, b = 2/3, c = 0 (labelled, never hit), d absent everywhere -> NaN, skipped.
-  np.testing.assert_allclose(metrics['mIoU'], 100 * (1 / 3 + 2 / 3 + 0) / 3)
-  np.testing.assert_allclose(metrics['mAcc'], 100 * (1 / 2 + 1 + 0) / 3)
-  np.testing.assert_allclose(metrics['aAcc'], 100 * 3 / 5)
-  assert np.isnan(metrics['IoU/d'])
+  labels = np.array([[[0, 0, 1, 1, 255, 2, 1]]])
+  predictions = np.array([[[0, 1, 1, 1, 0, 0, 4]]])
+  matrix = np.asarray(evaluation.confusion_matrix(predictions, labels, num_classes=5))
+  np.testing.assert_array_equal(matrix, [[1, 1, 0, 0, 0], [0, 2, 0, 0, 1], [1, 0, 0, 0, 0],
+                                         [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+  metrics = evaluation.segmentation_metrics(matrix, ['a', 'b', 'c', 'd', 'e'])
+  # IoU a = 1/3, b = 2/4, c = 0 (labelled, never hit), d absent everywhere -> NaN, skipped,
+  # e = 0 (predicted once, never labelled: counts in mIoU, NaN accuracy as mmseg).
+  np.testing.assert_allclose(metrics['mIoU'], 100 * (1 / 3 + 2 / 4 + 0 + 0) / 4)
+  np.testing.assert_allclose(metrics['mAcc'], 100 * (1 / 2 + 2 / 3 + 0) / 3)
+  np.testing.assert_allclose(metrics['aAcc'], 100 * 3 / 6)
+  assert np.isnan(metrics['IoU/d']) and metrics['IoU/e'] == 0 and np.isnan(metrics['Acc/e'])
 
 
 def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(interrupted_run):
