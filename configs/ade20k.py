@@ -88,8 +88,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.test.size_divisor = 128
 
   config.init_from = ''             # Orbax variables from `python -m psp_jax.convert`
-  config.eval_batch_size = 8
-  config.eval_pad_size = (512, 512)  # quick validation: larger images shrink to fit, then pad
   config.num_preview_images = 3     # validation predictions drawn in TensorBoard
   config.log_every_steps = 50
   config.eval_every_steps = 8000    # mmseg val_interval

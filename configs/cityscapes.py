@@ -18,11 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_classes = 19
   config.augment.crop_size = (713, 713)
   config.num_train_steps = 200 * (2_975 // 16)  # 200 epochs
-  config.eval_batch_size = 8
   config.test.base_size = 2048                  # semseg: frames stay 1024x2048
   config.test.crop_size = (713, 713)
   config.test.stride = (475, 475)
-  config.eval_pad_size = (1024, 2048)           # whole 1024x2048 frames
   config.eval_every_steps = 20 * (2_975 // 16)
   config.checkpoint_every_steps = 2 * (2_975 // 16)
   return config

@@ -36,8 +36,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = 1200
   config.optimizer.learning_rate = 0.05
   config.optimizer.warmup_steps = 50
-  config.eval_batch_size = 50
-  config.eval_pad_size = (128, 128)
   config.test.resize = 'none'       # the scenes are evaluated at their 128x128
   config.test.size_divisor = None
   config.log_every_steps = 50

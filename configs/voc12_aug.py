@@ -50,7 +50,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.test.crop_size = (473, 473)
   config.test.stride = (315, 315)
   config.test.size_divisor = None      # semseg pads no image; its windows are mean-padded
-  config.eval_pad_size = (512, 512)    # VOC images are at most 500x500
   config.eval_every_steps = 5 * (10_582 // 16)
   config.checkpoint_every_steps = 10_582 // 16
   return config

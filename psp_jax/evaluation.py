@@ -1,9 +1,9 @@
-"""Segmentation metrics from a confusion matrix accumulated on device (mmseg's IoUMetric).
+"""Evaluation over a dataset: confusion matrices, and mmseg's IoUMetric computed from them.
 
-The pmapped `eval_step` returns the confusion matrix of its batch summed over all
-devices (`lax.psum`), so the host only adds [C, C] integer matrices; mIoU, mAcc and
-aAcc are computed once at the end, exactly as mmseg's `IoUMetric` does from its
-per-class intersection/union/label areas.
+`BucketedEvaluator` spreads whole-image evaluation over the local devices with the
+confusion matrix summed on device; `evaluate_images` runs sliding windows or test-time
+augmentation image by image. mIoU, mAcc and aAcc are computed once at the end, exactly
+as mmseg's `IoUMetric` does from its per-class intersection/union/label areas.
 """
 
 import functools
@@ -37,24 +37,6 @@ def confusion_matrix(predictions: jnp.ndarray, labels: jnp.ndarray, num_classes:
   return counts[:-1].reshape(num_classes, num_classes)
 
 
-def eval_step(variables: Any, batch: dict[str, jnp.ndarray], apply_fn, *, num_classes: int,
-              align_corners: bool = False, axis_name: str | None = 'batch') -> jnp.ndarray:
-  """Confusion matrix of one batch ({'image': [b, H, W, 3], 'label': [b, H, W]}).
-
-  Logits at 1/8 are upsampled bilinearly to the label size before the argmax, as
-  mmseg's whole-image inference does. Summed over `axis_name` devices.
-  """
-  outputs = apply_fn(variables, batch['image'], train=False)
-  logits = upsample_logits(outputs['logits'], batch['label'].shape[1:3], align_corners)
-  matrix = confusion_matrix(jnp.argmax(logits, axis=-1), batch['label'], num_classes)
-  return matrix if axis_name is None else jax.lax.psum(matrix, axis_name)
-
-
-def pmapped_eval_step(apply_fn, **kwargs):
-  return jax.pmap(functools.partial(eval_step, apply_fn=apply_fn, axis_name='batch', **kwargs),
-                  axis_name='batch')
-
-
 def segmentation_metrics(matrix: np.ndarray,
                          class_names: Sequence[str] | None = None) -> dict[str, float]:
   """mIoU, mAcc, aAcc and per-class IoU/Acc (in %) from a [C, C] confusion matrix.
@@ -77,16 +59,6 @@ def segmentation_metrics(matrix: np.ndarray,
     metrics[f'IoU/{name}'] = 100 * class_iou
     metrics[f'Acc/{name}'] = 100 * class_acc
   return {k: float(v) for k, v in metrics.items()}
-
-
-def accumulate_confusion(p_eval_step, variables: Any,
-                         batches: Iterable[dict[str, Any]]) -> np.ndarray:
-  """Sums the pmapped step's confusion matrices over `batches` (already on devices)."""
-  total = None
-  for batch in batches:
-    matrix = p_eval_step(variables, batch)[0]  # identical on every device after psum
-    total = matrix if total is None else total + matrix
-  return np.asarray(jax.device_get(total))
 
 
 def evaluate_images(predictor, examples: Iterable[tuple[np.ndarray, np.ndarray]], *,
@@ -170,6 +142,18 @@ def _bucket(n: int, divisor: int) -> int:
   return -(-n // divisor) * divisor
 
 
+@functools.lru_cache(maxsize=None)
+def _bucket_confusion_step(model, num_classes: int):
+  """The pmapped step of BucketedEvaluator, built once per model (so once per training run)."""
+  def confusion(variables, image, label, rows, cols):
+    outputs = model.apply(variables, image[None], train=False)
+    logits = upsample_logits(outputs['logits'], image.shape[:2], model.align_corners)[0]
+    scores = jnp.einsum('Hh,hwc,Ww->HWc', rows, logits, cols)
+    matrix = confusion_matrix(jnp.argmax(scores, -1)[None], label[None], num_classes)
+    return jax.lax.psum(matrix, 'devices')
+  return jax.pmap(confusion, axis_name='devices', devices=jax.local_devices())
+
+
 class BucketedEvaluator:
   """Whole-image, single-scale evaluation spread over the local devices with pmap.
 
@@ -196,14 +180,7 @@ class BucketedEvaluator:
     self.pending: dict[tuple[int, ...], list] = {}
     self.matrix = None
     self.buckets: set[tuple[int, ...]] = set()
-    self._step = jax.pmap(self._confusion, axis_name='devices', devices=self.devices)
-
-  def _confusion(self, variables, image, label, rows, cols):
-    outputs = self.model.apply(variables, image[None], train=False)
-    logits = upsample_logits(outputs['logits'], image.shape[:2], self.model.align_corners)[0]
-    scores = jnp.einsum('Hh,hwc,Ww->HWc', rows, logits, cols)
-    matrix = confusion_matrix(jnp.argmax(scores, -1)[None], label[None], self.num_classes)
-    return jax.lax.psum(matrix, 'devices')
+    self._step = _bucket_confusion_step(model, num_classes)
 
   def add(self, image: np.ndarray, label: np.ndarray) -> None:
     """Queues one (uint8 [H, W, 3], [H, W] or [H, W, 1]) pair; runs a full bucket."""

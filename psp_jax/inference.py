@@ -64,6 +64,14 @@ def normalize(image: np.ndarray) -> np.ndarray:
   return (image.astype(np.float32) - np.float32(MEAN_RGB)) / np.float32(STDDEV_RGB)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _logits_at_input_size(model: PSPNet, variables, images):
+  """Eval-mode logits upsampled to the input size. Jitted per (model, shape), shared by all
+  Predictors, so evaluating new variables of the same model does not recompile."""
+  outputs = model.apply(variables, images, train=False)
+  return upsample_logits(outputs['logits'], images.shape[1:3], model.align_corners)
+
+
 class Predictor:
   """Logits of one image at its own size, whole or by sliding window, jitted per shape.
 
@@ -86,15 +94,10 @@ class Predictor:
     self.crop_size, self.stride, self.window_batch = crop_size, stride, window_batch
     self.size_divisor = size_divisor
     self.compiled_shapes: set[tuple[int, ...]] = set()
-    self._forward = jax.jit(self._logits_at_input_size)
-
-  def _logits_at_input_size(self, variables, images):
-    outputs = self.model.apply(variables, images, train=False)
-    return upsample_logits(outputs['logits'], images.shape[1:3], self.model.align_corners)
 
   def _run(self, images: np.ndarray) -> jax.Array:
     self.compiled_shapes.add(images.shape)
-    return self._forward(self.variables, jnp.asarray(images))
+    return _logits_at_input_size(self.model, self.variables, jnp.asarray(images))
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     """[H, W, 3] normalised float image -> [H, W, num_classes] float32 logits."""

@@ -132,13 +132,6 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([h[k][0] for h in history])) for k in history[0]}
 
 
-def evaluate(p_eval_step, state: TrainState, dataset, class_names) -> dict[str, float]:
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  batches = jax_utils.prefetch_to_device(iter(tfds.as_numpy(dataset)), 2)
-  return evaluation.segmentation_metrics(
-      evaluation.accumulate_confusion(p_eval_step, variables, batches), class_names)
-
-
 class PredictionPreview:
   """The first validation images, their ground truth and the current prediction, in colour.
 
@@ -191,7 +184,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     multihost_utils.sync_global_devices('dataset prepared')
     builder.download_and_prepare()
   decode = getattr(dataset_module, 'decode', None)
-  eval_config = {'crop_size': tuple(config.eval_pad_size)}
 
   model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None)
   total_steps = config.num_train_steps
@@ -216,20 +208,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   p_train_step = pmapped_train_step(
       learning_rate_fn, aux_weight=config.aux_weight, loss_average=config.loss_average,
       align_corners=config.model.align_corners)
-  p_eval_step = evaluation.pmapped_eval_step(
-      model.apply, num_classes=config.model.num_classes, align_corners=config.model.align_corners)
-
   preview = PredictionPreview(model, builder, config, dataset_module)
 
   def run_eval(step):
-    eval_ds = input_pipeline.create_split(builder, config.dataset.eval_split, eval_config,
-                                          config.eval_batch_size // jax.device_count(),
-                                          train=False, decode=decode)
-    metrics = evaluate(p_eval_step, state, eval_ds, dataset_module.CLASS_NAMES)
+    """evaluate.py's protocol (config.test) on the validation split."""
+    variables = jax_utils.unreplicate({'params': state.params, 'batch_stats': state.batch_stats})
+    metrics, _ = evaluation.evaluate_config(config, variables, config.dataset.eval_split)
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
     if jax.process_index() == 0 and config.get('num_preview_images', 3):
-      writer.write_images(step, preview(jax_utils.unreplicate(
-          {'params': state.params, 'batch_stats': state.batch_stats})))
+      writer.write_images(step, preview(variables))
     logging.info('step %d: validation mIoU %.2f  mAcc %.2f  aAcc %.2f', step, metrics['mIoU'],
                  metrics['mAcc'], metrics['aAcc'])
     return metrics

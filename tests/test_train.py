@@ -23,7 +23,6 @@ def tiny_config(data_dir, steps):
                       aux_channels=4)
   config.augment.crop_size = (32, 32)
   config.batch_size = 4  # one per simulated device
-  config.eval_batch_size = 4
   config.num_train_steps = steps
   config.optimizer.warmup_steps = 1
   config.log_every_steps = 1
