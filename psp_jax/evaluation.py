@@ -120,9 +120,9 @@ def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float
     for index, (image, label) in enumerate(examples, 1):
       evaluator.add(image, label)
       if index % 100 == 0:
-        logging.info('evaluated %d of about %d images (%.2f/s); %d shape buckets compiled',
-                     index, total // jax.process_count(), index / (time.time() - start),
-                     len(evaluator.buckets))
+        share, rate = -(-total // jax.process_count()), index / (time.time() - start)
+        logging.info('evaluated %d/%d images (%.2f/s, ETA %.0fs); %d shape buckets compiled',
+                     index, share, rate, max(share - index, 0) / rate, len(evaluator.buckets))
     metrics = segmentation_metrics(evaluator.result(), module.CLASS_NAMES)
     logging.info('%d shape buckets compiled in all', len(evaluator.buckets))
   else:  # sliding windows or test-time augmentation: one image at a time

@@ -166,6 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   devices with the pmapped step. Checkpoints go to `workdir/checkpoints` (last k) and
   `workdir/best` (best validation mIoU), metrics to TensorBoard files in `workdir`.
   """
+  workdir = os.path.abspath(workdir)  # Orbax writes to absolute paths only
   os.makedirs(workdir, exist_ok=True)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if jax.process_index() == 0:
@@ -256,7 +257,7 @@ def load_trained_variables(workdir: str, which: str = 'best') -> tuple[Any, int]
   """({'params', 'batch_stats'}, step) of the best (by mIoU) or latest checkpoint in `workdir`."""
   if which not in ('best', 'latest'):
     raise ValueError(f"which={which!r}: use 'best' or 'latest'.")
-  directory = os.path.join(workdir, 'best' if which == 'best' else 'checkpoints')
+  directory = os.path.join(os.path.abspath(workdir), 'best' if which == 'best' else 'checkpoints')
   manager = ocp.CheckpointManager(directory)
   step = manager.best_step() if which == 'best' else manager.latest_step()
   if step is None:

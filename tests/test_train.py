@@ -47,7 +47,9 @@ def interrupted_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('workdir'))
   first = train_lib.train_and_evaluate(tiny_config(data_dir, steps=2), workdir)
   after_first = logged_train_steps(workdir)
-  second = train_lib.train_and_evaluate(tiny_config(data_dir, steps=3), workdir)
+  # The README passes a relative --workdir; Orbax itself accepts only absolute paths.
+  relative = os.path.relpath(workdir)
+  second = train_lib.train_and_evaluate(tiny_config(data_dir, steps=3), relative)
   return dict(workdir=workdir, data_dir=data_dir, first=first, second=second,
               after_first=after_first)
 
