@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from psp_jax.models import resample
-from psp_jax.models.resnet import DilatedResNet, batch_norm, conv_init
+from psp_jax.models.resnet import DilatedResNet, batch_norm, conv_general_dilated, conv_init
 
 # mmseg's decode heads initialise the classifier with N(0, 0.01) and a zero bias.
 classifier_init = nn.initializers.normal(0.01)
@@ -31,7 +31,8 @@ class ConvBNReLU(nn.Module):
     pad = self.kernel_size // 2
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                 padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init,
-                dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
+                dtype=self.dtype, param_dtype=self.param_dtype,
+                conv_general_dilated=conv_general_dilated, name='conv')(x)
     x = batch_norm(self.train, self.bn_axis_name, self.dtype, self.param_dtype)(name='bn')(x)
     return nn.relu(x)
 
@@ -95,7 +96,8 @@ class SegHead(nn.Module):
     # nn.Dropout2d: whole channels are dropped, so the mask broadcasts over H and W.
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
     logits = nn.Conv(self.num_classes, (1, 1), kernel_init=classifier_init,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name='conv_seg')(x)
+                     dtype=self.dtype, param_dtype=self.param_dtype,
+                     conv_general_dilated=conv_general_dilated, name='conv_seg')(x)
     return logits.astype(jnp.float32)
 
 
