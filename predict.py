@@ -53,10 +53,7 @@ def main(argv):
                else train_lib.load_trained_variables(FLAGS.workdir)[0])
   config, module = FLAGS.config, datasets.dataset_module(FLAGS.config.dataset.name)
   test = config.test
-  predictor = inference.Predictor(build_model(config.model), variables, mode=test.mode,
-                                  crop_size=test.crop_size, stride=test.stride,
-                                  window_batch=test.window_batch,
-                                  size_divisor=test.size_divisor)
+  predictor = inference.predictor_for_test(build_model(config.model), variables, test)
   os.makedirs(FLAGS.out, exist_ok=True)
   for path in paths:
     image = np.asarray(Image.open(path).convert('RGB'))

@@ -105,7 +105,7 @@ def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float
   from psp_jax.models.pspnet import build_model  # pylint: disable=g-import-not-at-top
   module = datasets.dataset_module(config.dataset.name)
   builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
-  decode = getattr(module, 'decode', lambda e: (e['image'], e['segmentation_mask']))
+  decode = datasets.decoder(module)
   test, model = config.test, build_model(config.model)
   total = builder.info.splits[split].num_examples
   if test.mode == 'whole' and tuple(test.scales) == (1.0,) and not test.flip and (
@@ -126,20 +126,13 @@ def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float
     metrics = segmentation_metrics(evaluator.result(), module.CLASS_NAMES)
     logging.info('%d shape buckets compiled in all', len(evaluator.buckets))
   else:  # sliding windows or test-time augmentation: one image at a time
-    predictor = inference.Predictor(model, variables, mode=test.mode,
-                                    crop_size=test.crop_size, stride=test.stride,
-                                    window_batch=test.window_batch,
-                                    size_divisor=test.size_divisor)
+    predictor = inference.predictor_for_test(model, variables, test)
     examples = tfds.as_numpy(builder.as_dataset(split=split).map(decode))
     metrics = evaluate_images(
         predictor, examples, num_classes=config.model.num_classes,
         class_names=module.CLASS_NAMES, total=total, scales=test.scales, flip=test.flip,
         resize=test.resize, test_scale=test.test_scale, base=test.base_size)
   return metrics, format_table(metrics, module.CLASS_NAMES)
-
-
-def _bucket(n: int, divisor: int) -> int:
-  return -(-n // divisor) * divisor
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,8 +180,8 @@ class BucketedEvaluator:
     height, width = image.shape[:2]
     size = inference.test_size(height, width, self.resize, 1.0, self.test_scale, self.base)
     x = inference.normalize(inference.resize_image(image, size))
-    padded = (_bucket(size[0], self.divisor), _bucket(size[1], self.divisor))
-    out = (_bucket(height, self.label_divisor), _bucket(width, self.label_divisor))
+    padded = (inference.round_up(size[0], self.divisor), inference.round_up(size[1], self.divisor))
+    out = (inference.round_up(height, self.label_divisor), inference.round_up(width, self.label_divisor))
     x = np.pad(x, ((0, padded[0] - size[0]), (0, padded[1] - size[1]), (0, 0)))
     label = np.asarray(label).reshape(height, width).astype(np.int32)
     label = np.pad(label, ((0, out[0] - height), (0, out[1] - width)),

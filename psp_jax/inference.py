@@ -21,6 +21,11 @@ from psp_jax.models import resample
 from psp_jax.models.pspnet import PSPNet, upsample_logits
 
 
+def round_up(n: int, divisor: int) -> int:
+  """The smallest multiple of `divisor` >= n (a shape bucket)."""
+  return -(-n // divisor) * divisor
+
+
 def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
   """mmcv's `Resize(scale=(long, short), keep_ratio=True)`: largest size within both edges."""
   factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
@@ -103,7 +108,7 @@ class Predictor:
     """[H, W, 3] normalised float image -> [H, W, num_classes] float32 logits."""
     height, width = image.shape[:2]
     if self.size_divisor:
-      padded = [-(-n // self.size_divisor) * self.size_divisor for n in (height, width)]
+      padded = [round_up(n, self.size_divisor) for n in (height, width)]
       image = np.pad(image, ((0, padded[0] - height), (0, padded[1] - width), (0, 0)))
     return self._logits(image)[:height, :width]
 
@@ -123,6 +128,12 @@ class Predictor:
       total[y1:y2, x1:x2] += window_logits
       count[y1:y2, x1:x2] += 1
     return total / count
+
+
+def predictor_for_test(model: PSPNet, variables: Any, test) -> Predictor:
+  """The Predictor `config.test` asks for (mode, crop, stride, window batch, size divisor)."""
+  return Predictor(model, variables, mode=test.mode, crop_size=test.crop_size, stride=test.stride,
+                   window_batch=test.window_batch, size_divisor=test.size_divisor)
 
 
 @functools.partial(jax.jit, static_argnames=('size', 'align_corners'))

@@ -140,7 +140,7 @@ class PredictionPreview:
   """
 
   def __init__(self, model: PSPNet, builder, config, dataset_module):
-    decode = getattr(dataset_module, 'decode', lambda e: (e['image'], e['segmentation_mask']))
+    decode = datasets.decoder(dataset_module)
     count = config.get('num_preview_images', 3)
     split = builder.as_dataset(split=config.dataset.eval_split).take(count).map(decode)
     self.examples = list(tfds.as_numpy(split)) if count else []
@@ -184,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       builder.download_and_prepare()
     multihost_utils.sync_global_devices('dataset prepared')
     builder.download_and_prepare()
-  decode = getattr(dataset_module, 'decode', None)
+  decode = datasets.decoder(dataset_module)
 
   model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None)
   total_steps = config.num_train_steps

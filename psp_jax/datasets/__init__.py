@@ -17,6 +17,16 @@ _MODULES = {
 }
 
 
+def read_example(example):
+  """(image, segmentation_mask) of an example in psp_jax's own format (features.py)."""
+  return example['image'], example['segmentation_mask']
+
+
+def decoder(module: ModuleType):
+  """The module's `decode` (e.g. Cityscapes ids -> train ids), else `read_example`."""
+  return getattr(module, 'decode', read_example)
+
+
 def dataset_module(tfds_name: str) -> ModuleType:
   """'cityscapes/semantic_segmentation:1.0.0' -> psp_jax.datasets.cityscapes."""
   name = tfds_name.split('/')[0].split(':')[0]
