@@ -123,3 +123,29 @@ def test_build_model_rejects_bad_config():
     build_model({**TINY, 'dtype': 'float8'})
   with pytest.raises(ValueError, match='NHWC'):
     build_model(TINY).init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32)))
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+def test_pyramid_bottleneck_equals_conv_over_the_concatenation(align_corners):
+  """The head never builds PyramidPooling's concatenation; its output and gradients are the same."""
+  from psp_jax.models.pspnet import ConvBNReLU, PyramidBottleneck, PyramidPooling
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 13, 11, 16))
+  ppm = PyramidPooling(channels=4, align_corners=align_corners)
+  ppm_vars = ppm.init(jax.random.PRNGKey(2), x)
+  concat = ppm.apply(ppm_vars, x)
+  branches = ppm.apply(ppm_vars, x, method=PyramidPooling.branches)
+  fused, plain = PyramidBottleneck(8, True, align_corners), ConvBNReLU(8, 3, True)
+  fused_vars = fused.init(jax.random.PRNGKey(3), x, branches)
+  assert (jax.tree_util.tree_map(jnp.shape, fused_vars)
+          == jax.tree_util.tree_map(jnp.shape, plain.init(jax.random.PRNGKey(3), concat)))
+
+  def loss(module, *inputs):
+    return lambda params: module.apply({**fused_vars, 'params': params}, *inputs,
+                                       mutable=['batch_stats'])[0].sum()
+
+  np.testing.assert_allclose(loss(fused, x, branches)(fused_vars['params']),
+                             loss(plain, concat)(fused_vars['params']), rtol=1e-5)
+  grads = jax.grad(loss(fused, x, branches))(fused_vars['params'])
+  plain_grads = jax.grad(loss(plain, concat))(fused_vars['params'])
+  np.testing.assert_allclose(grads['conv']['kernel'], plain_grads['conv']['kernel'],
+                             atol=1e-4, rtol=1e-4)

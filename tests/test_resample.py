@@ -52,9 +52,39 @@ def test_resize_matches_torch_interpolate(in_size, out_size, align_corners):
   np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
+
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('in_size,out_size', [((6, 6), (97, 129)), ((97, 129), (13, 17)),
+                                              ((1, 1), (5, 3))])
+def test_resize_gradient_matches_torch_backward(in_size, out_size, align_corners):
+  rng = np.random.RandomState(1)
+  x = rng.randn(2, *in_size, 5).astype(np.float32)
+  upstream = rng.randn(2, *out_size, 5).astype(np.float32)
+  _, vjp = jax.vjp(lambda v: resample.resize_bilinear(v, out_size, align_corners), x)
+  ours = np.asarray(vjp(upstream)[0])
+  x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+  F.interpolate(x_torch, size=out_size, mode='bilinear', align_corners=align_corners).backward(
+      torch.from_numpy(upstream.transpose(0, 3, 1, 2)))
+  np.testing.assert_allclose(ours, x_torch.grad.numpy().transpose(0, 2, 3, 1), atol=1e-4)
+
 def test_jax_image_resize_is_not_pytorch_when_downsampling():
   """Why resample exists: jax.image.resize antialiases, PyTorch does not."""
   x = np.random.RandomState(0).randn(1, 97, 129, 2).astype(np.float32)
   ours = np.asarray(resample.resize_bilinear(x, (13, 17), align_corners=False))
   theirs = np.asarray(jax.image.resize(x, (1, 13, 17, 2), 'bilinear'))
   assert np.abs(ours - theirs).max() > 0.1
+
+
+@pytest.mark.parametrize('in_size,out_size,align_corners',
+                         [(1, 64, False), (2, 9, True), (3, 65, False), (6, 60, True),
+                          (6, 6, False), (6, 97, False)])
+def test_upsampled_conv3x3_is_conv_of_torch_upsampling(in_size, out_size, align_corners):
+  rng = np.random.RandomState(out_size)
+  x = rng.randn(2, in_size, in_size + 1, 5).astype(np.float32)
+  kernel = rng.randn(3, 3, 5, 4).astype(np.float32)
+  size = (out_size, out_size + 3)
+  ours = np.asarray(resample.upsampled_conv3x3(x, kernel, size, align_corners))
+  up = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size, mode='bilinear',
+                     align_corners=align_corners)
+  theirs = F.conv2d(up, torch.from_numpy(kernel).permute(3, 2, 0, 1), padding=1)
+  np.testing.assert_allclose(ours, theirs.permute(0, 2, 3, 1).numpy(), atol=2e-5, rtol=1e-5)

@@ -8,7 +8,9 @@ import functools
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from psp_jax.models import resample
 from psp_jax.models.resnet import DilatedResNet, batch_norm, conv_general_dilated, conv_init
@@ -55,18 +57,62 @@ class PyramidPooling(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
-  @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """x: [B, h, w, C] -> [B, h, w, C + len(bins) * channels]."""
-    _, h, w, c = x.shape
-    channels = self.channels or c // len(self.bins)
-    outputs = [x]
-    for i, n in enumerate(self.bins):
-      y = resample.adaptive_avg_pool(x, n)
-      y = ConvBNReLU(channels, 1, train, self.bn_axis_name, self.dtype, self.param_dtype,
-                     name=f'branch{i}')(y)
-      outputs.append(resample.resize_bilinear(y, (h, w), self.align_corners))
-    return jnp.concatenate(outputs, axis=-1)
+    size = x.shape[1:3]
+    return jnp.concatenate(
+        [x] + [resample.resize_bilinear(y, size, self.align_corners)
+               for y in self.branches(x, train)], axis=-1)
+
+  @nn.compact
+  def branches(self, x: jnp.ndarray, train: bool = False) -> list[jnp.ndarray]:
+    """x: [B, h, w, C] -> the branches before upsampling, [B, n, n, channels] per bin."""
+    channels = self.channels or x.shape[-1] // len(self.bins)
+    return [ConvBNReLU(channels, 1, train, self.bn_axis_name, self.dtype, self.param_dtype,
+                       name=f'branch{i}')(resample.adaptive_avg_pool(x, n))
+            for i, n in enumerate(self.bins)]
+
+
+class _Kernel(nn.Module):
+  """A bare conv kernel parameter, stored where nn.Conv stores its own ('conv/kernel')."""
+  shape: tuple[int, ...]
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> jnp.ndarray:
+    return self.param('kernel', conv_init, self.shape, self.param_dtype)
+
+
+class PyramidBottleneck(nn.Module):
+  """PSPHead's 3x3 ConvBNReLU over concat([x, upsampled branches]), without the concat.
+
+  The same parameters as ConvBNReLU(features, 3) on the concatenation (mmseg's channel
+  order: x, then the branches by bin), and the same output up to float rounding; the
+  branches' share of the convolution runs at their n x n size
+  (`resample.upsampled_conv3x3`), which halves the head's FLOPs.
+  """
+  features: int
+  train: bool
+  align_corners: bool = False
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, branches: Sequence[jnp.ndarray]) -> jnp.ndarray:
+    widths = [x.shape[-1]] + [y.shape[-1] for y in branches]
+    kernel = _Kernel((3, 3, sum(widths), self.features), self.param_dtype, name='conv')()
+    kernel = kernel.astype(self.dtype)
+    parts = jnp.split(kernel, np.cumsum(widths)[:-1], axis=2)
+    out = conv_general_dilated(
+        x.astype(self.dtype), parts[0], (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, parts[0].shape,
+                                                         ('NHWC', 'HWIO', 'NHWC')))
+    for y, part in zip(branches, parts[1:]):
+      out = out + resample.upsampled_conv3x3(y.astype(self.dtype), part, x.shape[1:3],
+                                             self.align_corners)
+    out = batch_norm(self.train, self.bn_axis_name, self.dtype, self.param_dtype)(name='bn')(out)
+    return nn.relu(out)
 
 
 class SegHead(nn.Module):
@@ -89,10 +135,14 @@ class SegHead(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """x: [B, h, w, C] -> logits [B, h, w, num_classes] (float32)."""
     if self.bins:
-      x = PyramidPooling(self.bins, self.ppm_channels, self.align_corners, self.bn_axis_name,
-                         self.dtype, self.param_dtype, name='ppm')(x, train)
-    x = ConvBNReLU(self.channels, 3, train, self.bn_axis_name, self.dtype, self.param_dtype,
-                   name='bottleneck')(x)
+      branches = PyramidPooling(self.bins, self.ppm_channels, self.align_corners,
+                                self.bn_axis_name, self.dtype, self.param_dtype,
+                                name='ppm').branches(x, train)
+      x = PyramidBottleneck(self.channels, train, self.align_corners, self.bn_axis_name,
+                            self.dtype, self.param_dtype, name='bottleneck')(x, branches)
+    else:
+      x = ConvBNReLU(self.channels, 3, train, self.bn_axis_name, self.dtype, self.param_dtype,
+                     name='bottleneck')(x)
     # nn.Dropout2d: whole channels are dropped, so the mask broadcasts over H and W.
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
     logits = nn.Conv(self.num_classes, (1, 1), kernel_init=classifier_init,

@@ -1,14 +1,16 @@
-"""PyTorch-exact adaptive average pooling and bilinear resizing, as static matrices.
+"""PyTorch-exact adaptive average pooling and bilinear resizing, from static index tables.
 
-Both operations are linear maps along H and along W, so each is a pair of small
-matrices built in NumPy from the (static) shapes and applied with two einsums.
-This reproduces PyTorch bit-for-bit in its index arithmetic, which
+Both operations are linear maps along H and along W, built in NumPy from the (static)
+shapes: pooling as a pair of small matrices applied with two einsums, resizing as
+gathers of the two source pixels (its gradient as the transposed matrices). This
+reproduces PyTorch bit-for-bit in its index arithmetic, which
 `jax.image.resize` cannot: it antialiases when downsampling and has no
 `align_corners=True` mode.
 """
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,8 +33,9 @@ def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def bilinear_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
-  """[out_size, in_size] weights of PyTorch's 1-D linear interpolation (no antialiasing).
+def _bilinear_taps(in_size: int, out_size: int,
+                   align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(lower, upper, frac) of PyTorch's 1-D linear interpolation: out = (1-frac)*lower + frac*upper.
 
   Mirrors `area_pixel_compute_source_index` in ATen: with align_corners=False the
   source coordinate is (dst + 0.5) * in/out - 0.5 clamped at 0; with True it is
@@ -52,7 +55,13 @@ def bilinear_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndar
     src = np.maximum((dst + f32(0.5)) * scale - f32(0.5), f32(0))
   lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   upper = np.minimum(lower + 1, in_size - 1)
-  frac = src - lower
+  return lower, upper, src - lower
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+  """[out_size, in_size] weights of PyTorch's 1-D linear interpolation (no antialiasing)."""
+  lower, upper, frac = _bilinear_taps(in_size, out_size, align_corners)
   weights = np.zeros((out_size, in_size), np.float64)
   rows = np.arange(out_size)
   np.add.at(weights, (rows, lower), 1.0 - frac)
@@ -82,6 +91,39 @@ def adaptive_avg_pool(x: jnp.ndarray, output_size: int | tuple[int, int]) -> jnp
   return _apply_separable(x, adaptive_pool_matrix(h, out_h), adaptive_pool_matrix(w, out_w))
 
 
+def _interpolate_axis(x: jnp.ndarray, axis: int, out_size: int,
+                      align_corners: bool) -> jnp.ndarray:
+  """Linear interpolation along one axis as two gathers and a blend."""
+  lower, upper, frac = _bilinear_taps(x.shape[axis], out_size, align_corners)
+  shape = [1] * x.ndim
+  shape[axis] = out_size
+  frac = jnp.asarray(frac.reshape(shape), x.dtype)
+  return (jnp.take(x, lower, axis=axis) * (1 - frac)
+          + jnp.take(x, upper, axis=axis) * frac)
+
+
+# Forward as gathers: 3x faster than the two matrix products on XLA:CPU (0.05 s vs
+# 0.15 s for 150 logit channels 64 -> 512). Backward as the transposed matrices, since
+# the gathers' own transpose is a scatter-add, slower than either.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _resize(x: jnp.ndarray, size: tuple[int, int], align_corners: bool) -> jnp.ndarray:
+  x = _interpolate_axis(x, 2, size[1], align_corners)
+  return _interpolate_axis(x, 1, size[0], align_corners)
+
+
+def _resize_fwd(x, size, align_corners):
+  return _resize(x, size, align_corners), x.shape[1:3]
+
+
+def _resize_bwd(size, align_corners, in_size, grad):
+  rows = bilinear_matrix(in_size[0], size[0], align_corners).T
+  cols = bilinear_matrix(in_size[1], size[1], align_corners).T
+  return (_apply_separable(grad, rows, cols),)
+
+
+_resize.defvjp(_resize_fwd, _resize_bwd)
+
+
 def resize_bilinear(x: jnp.ndarray, size: tuple[int, int], align_corners: bool) -> jnp.ndarray:
   """`F.interpolate(x, size, mode='bilinear', align_corners=...)` for NHWC input.
 
@@ -92,9 +134,40 @@ def resize_bilinear(x: jnp.ndarray, size: tuple[int, int], align_corners: bool) 
   Returns:
     [B, H, W, C] in the dtype of `x`.
   """
-  _, h, w, _ = x.shape
-  out_h, out_w = size
-  if (h, w) == (out_h, out_w):
+  size = tuple(int(s) for s in size)
+  if tuple(x.shape[1:3]) == size:
     return x
-  return _apply_separable(
-      x, bilinear_matrix(h, out_h, align_corners), bilinear_matrix(w, out_w, align_corners))
+  return _resize(x, size, align_corners)
+
+
+@functools.lru_cache(maxsize=None)
+def _shifted_bilinear_matrices(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+  """[3, out_size, in_size]: row y of slice i upsamples output pixel y + i - 1, or is 0 outside."""
+  padded = np.pad(bilinear_matrix(in_size, out_size, align_corners), ((1, 1), (0, 0)))
+  return np.stack([padded[i:i + out_size] for i in range(3)])
+
+
+def upsampled_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, size: tuple[int, int],
+                      align_corners: bool) -> jnp.ndarray:
+  """A 3x3 convolution (stride 1, zero padding 1) of `resize_bilinear(x, size)`, at x's size.
+
+  The pyramid branches of PSPNet are 1x1 to 6x6 maps upsampled to the feature size and
+  convolved by the head's 3x3 bottleneck: half of that convolution's FLOPs at 512x512.
+  Upsampling and convolution are both linear, so the kernel is applied to the small
+  map first, and each of the 3x3 taps then upsamples with a shifted, zero-padded copy
+  of the bilinear matrices. The result equals the convolution up to float rounding.
+
+  Args:
+    x: [B, h, w, C] low-resolution map.
+    kernel: [3, 3, C, O] (HWIO).
+    size: (H, W) that `x` is upsampled to.
+    align_corners: as in `resize_bilinear`.
+  Returns:
+    [B, H, W, O].
+  """
+  _, h, w, _ = x.shape
+  rows = jnp.asarray(_shifted_bilinear_matrices(h, size[0], align_corners), x.dtype)
+  cols = jnp.asarray(_shifted_bilinear_matrices(w, size[1], align_corners), x.dtype)
+  taps = jnp.einsum('bhwc,ijco->bijhwo', x, kernel)
+  taps = jnp.einsum('jxw,bijhwo->bihxo', cols, taps)
+  return jnp.einsum('iyh,bihxo->byxo', rows, taps)
