@@ -44,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.eval_split = 'validation'
 
   config.augment = ml_collections.ConfigDict()  # mmseg train_pipeline, in its order
-  config.augment.scale_range = (0.5, 2.0)       # RandomResize ratio_range (of the image size)
+  config.augment.scale_range = (0.5, 2.0)       # RandomResize ratio_range, times resize_scale:
+  config.augment.resize_scale = (2048, 512)     # the (long, short) box, keep_ratio=True
   config.augment.rotate_degrees = 0.0           # semseg rotates by +-10; mmseg does not
   config.augment.rotate_prob = 0.5
   config.augment.blur_prob = 0.0                # semseg blurs with p 0.5; mmseg does not

@@ -10,6 +10,7 @@ Ablation without the pyramid pooling module (a plain dilated FCN):
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import ade20k
 
@@ -30,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.augment.crop_size = (96, 96)
   config.augment.scale_range = (0.75, 1.5)  # narrower than 0.5-2.0: the scenes are small
+  config.augment.resize_scale = config_dict.placeholder(tuple)  # the scenes' own 128x128
   config.augment.photometric = False  # the host's 2 cores are busy training
 
   config.batch_size = 16

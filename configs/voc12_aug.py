@@ -8,6 +8,7 @@ global batch 16, 50 epochs of 10,582 images, 473x473 crops, rotation and blur, h
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import ade20k
 
@@ -26,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.align_corners = True           # semseg F.interpolate(..., align_corners=True)
 
   augment = config.augment             # semseg train_transform, in its order
-  augment.scale_range = (0.5, 2.0)     # RandScale
+  augment.scale_range = (0.5, 2.0)     # RandScale: of the image's own size
+  augment.resize_scale = config_dict.placeholder(tuple)  # no box (overridable)
   augment.rotate_degrees = 10.0        # RandRotate([-10, 10]) with p 0.5, mean / 255 padding
   augment.rotate_prob = 0.5
   augment.blur_prob = 0.5              # RandomGaussianBlur(radius=5)

@@ -23,12 +23,49 @@ def hide_accelerators_from_tf() -> None:
   tf.config.set_visible_devices([], 'TPU')
 
 
-def random_rescale(image, label, seed, ratio_range):
-  """Scales both by one random ratio: image bilinearly, label by nearest neighbour."""
+def resize_nearest(label: tf.Tensor, size) -> tf.Tensor:
+  """tf.image.resize(label, size, method='nearest'), pixel for pixel, in about a third of the time.
+
+  TF's kernel copies source pixel floor((i + 0.5) * in / out) (float32, clipped to the
+  input) one output pixel at a time; gathering whole rows, then whole columns of the
+  transpose, copies the same pixels in contiguous runs.
+
+  Args:
+    label: [H, W, C] of any dtype. size: (height, width).
+  Returns:
+    [height, width, C] of label's dtype.
+  """
+  def sources(in_size, out_size):
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    index = tf.floor((tf.cast(tf.range(out_size), tf.float32) + 0.5) * scale)
+    return tf.minimum(tf.cast(index, tf.int32), in_size - 1)
+
+  height, width = tf.shape(label)[0], tf.shape(label)[1]
+  rows = tf.gather(label, sources(height, size[0]))
+  columns = tf.gather(tf.transpose(rows, [1, 0, 2]), sources(width, size[1]))
+  return tf.transpose(columns, [1, 0, 2])
+
+
+def random_rescale(image, label, seed, ratio_range, scale=None):
+  """Rescales both by a random ratio: image bilinearly, label by nearest neighbour.
+
+  With `scale` None, the image's own size is multiplied by the ratio (semseg's
+  RandScale). With `scale` = (long, short), as mmseg's RandomResize(scale, ratio_range,
+  keep_ratio=True), the image is fitted, keeping its aspect ratio, into the box
+  int(scale * ratio) (mmcv's rescale_size): on ADE20K, short sides of 256 to 1024
+  whatever the image's own size.
+  """
   ratio = tf.random.stateless_uniform([], seed, ratio_range[0], ratio_range[1])
-  size = tf.cast(tf.round(tf.cast(tf.shape(image)[:2], tf.float32) * ratio), tf.int32)
+  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  if scale is None:
+    size = tf.cast(tf.round(hw * ratio), tf.int32)
+  else:
+    long_edge = tf.floor(float(max(scale)) * ratio)
+    short_edge = tf.floor(float(min(scale)) * ratio)
+    factor = tf.minimum(long_edge / tf.reduce_max(hw), short_edge / tf.reduce_min(hw))
+    size = tf.cast(tf.floor(hw * factor + 0.5), tf.int32)
   image = tf.image.resize(image, size, method='bilinear')
-  label = tf.image.resize(label, size, method='nearest')
+  label = resize_nearest(label, size)
   return image, label
 
 
@@ -40,9 +77,9 @@ def rotate(image: tf.Tensor, label: tf.Tensor, degrees) -> Tuple[tf.Tensor, tf.T
   that come from outside are padded as `pad_to_crop` pads: mean colour and 255.
 
   Args:
-    image: [H, W, 3] float32 in 0-255. label: [H, W, 1] int32. degrees: scalar.
+    image: [H, W, 3] float32 in 0-255. label: [H, W, 1] integer. degrees: scalar.
   Returns:
-    ([H, W, 3] float32, [H, W, 1] int32).
+    ([H, W, 3] float32, [H, W, 1] of label's dtype).
   """
   height = tf.cast(tf.shape(image)[0], tf.float32)
   width = tf.cast(tf.shape(image)[1], tf.float32)
@@ -113,45 +150,50 @@ def shrink_to_fit(image, label, size):
   new_size = tf.cast(tf.round(shape * ratio), tf.int32)
   return tf.cond(ratio < 1.0,
                  lambda: (tf.image.resize(image, new_size, method='bilinear'),
-                          tf.image.resize(label, new_size, method='nearest')),
+                          resize_nearest(label, new_size)),
                  lambda: (image, label))
 
 
 def pad_to_crop(image, label, crop_size):
-  """Pads bottom/right to at least crop_size: image with the mean, label with 255.
-
-  Channels after the three colours (`augment`'s mask of real pixels) are padded with 0.
-  """
+  """Pads bottom/right to at least crop_size: image [H, W, 3] with the mean, label with 255."""
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   pad_h = tf.maximum(crop_size[0] - height, 0)
   pad_w = tf.maximum(crop_size[1] - width, 0)
-  paddings = [[0, pad_h], [0, pad_w], [0, 0]]
-  fill = MEAN_RGB + (0.0,) * (image.shape[-1] - 3)
-  image = tf.concat([tf.pad(image[..., c:c + 1], paddings, constant_values=value)
-                     for c, value in enumerate(fill)], axis=-1)
-  label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
+  # Blocks of the mean colour joined on: ~10x faster than a tf.pad per channel and a concat.
+  mean = tf.constant(MEAN_RGB)
+  image = tf.concat([image, tf.broadcast_to(mean, [height, pad_w, 3])], axis=1)
+  image = tf.concat([image, tf.broadcast_to(mean, [pad_h, width + pad_w, 3])], axis=0)
+  label = tf.pad(label, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=IGNORE_LABEL)
   return image, label
 
 
 def random_crop(image, label, seed, crop_size, cat_max_ratio=1.0, max_tries=10):
-  """mmseg's RandomCrop: retry (up to 10 times) while one class covers > cat_max_ratio."""
+  """mmseg's RandomCrop: retry (up to 10 times) while one class covers > cat_max_ratio.
+
+  The window is placed as on the image padded bottom/right to crop_size (`pad_to_crop`),
+  but only its part inside the image is cut: the result is at most crop_size, and padding
+  it afterwards gives mmseg's crop while copying no more than the crop.
+  """
   height, width = tf.shape(image)[0], tf.shape(image)[1]
+  padded_height = tf.maximum(height, crop_size[0])
+  padded_width = tf.maximum(width, crop_size[1])
 
   def offsets(i):
     s = tf.random.experimental.stateless_fold_in(seed, i)
-    top = tf.random.stateless_uniform([], s, 0, height - crop_size[0] + 1, tf.int32)
-    left = tf.random.stateless_uniform([], tf.reverse(s, [0]), 0, width - crop_size[1] + 1,
-                                       tf.int32)
+    top = tf.random.stateless_uniform([], s, 0, padded_height - crop_size[0] + 1, tf.int32)
+    left = tf.random.stateless_uniform([], tf.reverse(s, [0]), 0,
+                                       padded_width - crop_size[1] + 1, tf.int32)
     return top, left
 
   def dominated(top, left):
     """mmseg accepts a crop only if it holds > 1 class and none covers >= cat_max_ratio."""
     crop = label[top:top + crop_size[0], left:left + crop_size[1]]
-    labels = tf.boolean_mask(crop, crop != IGNORE_LABEL)
-    _, _, counts = tf.unique_with_counts(labels)
+    # A histogram, ~10x faster than tf.unique_with_counts; labels are >= 0 (uint8 maps).
+    counts = tf.math.bincount(tf.cast(crop, tf.int32), minlength=IGNORE_LABEL + 1)
+    counts = tf.concat([counts[:IGNORE_LABEL], counts[IGNORE_LABEL + 1:]], axis=0)
     share = tf.cast(tf.reduce_max(counts), tf.float32) / tf.cast(
         tf.maximum(tf.reduce_sum(counts), 1), tf.float32)
-    return tf.logical_or(tf.size(counts) <= 1, share >= cat_max_ratio)
+    return tf.logical_or(tf.math.count_nonzero(counts) <= 1, share >= cat_max_ratio)
 
   top, left = offsets(0)
   if cat_max_ratio < 1.0:
@@ -215,7 +257,10 @@ def photometric_distortion(image: tf.Tensor, seed: tf.Tensor, brightness_delta: 
 
 
 def normalize(image):
-  return (image - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
+  # Broadcast first: Eigen's subtract and divide broadcasting along an axis of 3 are ~7x slower.
+  shape = tf.shape(image)
+  return ((image - tf.broadcast_to(tf.constant(MEAN_RGB), shape))
+          / tf.broadcast_to(tf.constant(STDDEV_RGB), shape))
 
 
 def augment(image, label, seed, config: Mapping[str, Any]):
@@ -223,8 +268,10 @@ def augment(image, label, seed, config: Mapping[str, Any]):
 
   Order: rescale, rotate, blur (semseg's RandScale, RandRotate, RandomGaussianBlur, on the
   whole image), pad to crop_size and crop, flip, photometric distortion (after the flip, as
-  mmseg), normalise. Keys:
+  mmseg, and not on the padding, which mmseg adds after it), normalise. Keys:
     scale_range: (min, max) ratio, or None for no rescale.
+    resize_scale: (long, short) box the ratio multiplies (mmseg's RandomResize scale);
+      missing or None multiplies the image's own size (semseg's RandScale).
     rotate_degrees: max |angle| of a uniform random rotation; missing, None or 0 is off.
     rotate_prob: chance to rotate when rotate_degrees is set (default 0.5, semseg's p).
     blur_prob: chance of semseg's 5x5 Gaussian blur; missing, None or 0 is off (semseg: 0.5).
@@ -244,28 +291,25 @@ def augment(image, label, seed, config: Mapping[str, Any]):
   # 3-step pipeline and a config without the newer steps augments exactly as before.
   seeds = tf.random.experimental.stateless_split(seed, 6)
   image = tf.ensure_shape(tf.cast(image, tf.float32), [None, None, 3])
-  label = tf.cast(label, tf.int32)
+  # The label keeps its (uint8) dtype until the end: every step only moves its values.
   if config['scale_range'] is not None:
-    image, label = random_rescale(image, label, seeds[0], config['scale_range'])
+    image, label = random_rescale(image, label, seeds[0], config['scale_range'],
+                                  config.get('resize_scale'))
   if config.get('rotate_degrees'):
     image, label = random_rotate(image, label, seeds[3], config['rotate_degrees'],
                                  config.get('rotate_prob', 0.5))
   if config.get('blur_prob'):
     image = random_blur(image, seeds[4], config['blur_prob'])
-  photometric = config.get('photometric')
-  if photometric:
-    # mmseg pads after PhotoMetricDistortion (in its data preprocessor), so its padding
-    # stays the mean colour: a fourth channel marks real pixels through pad, crop and flip.
-    image = tf.concat([image, tf.ones_like(image[..., :1])], axis=-1)
   crop = config['crop_size']
-  image, label = pad_to_crop(image, label, crop)
   image, label = random_crop(image, label, seeds[1], crop, config['cat_max_ratio'])
+  if config.get('photometric'):
+    # Pointwise, so distorting before the flip gives mmseg's pixels, and before the padding
+    # leaves it the mean colour, as mmseg's data preprocessor pads after the distortion.
+    image = photometric_distortion(image, seeds[5])
+  image, label = pad_to_crop(image, label, crop)
   if config['flip']:
     image, label = random_flip(image, label, seeds[2])
-  if photometric:
-    image, real = image[..., :3], image[..., 3:] > 0
-    image = tf.where(real, photometric_distortion(image, seeds[5]), tf.constant(MEAN_RGB))
-  return normalize(image), label[..., 0]
+  return normalize(image), tf.cast(label[..., 0], tf.int32)
 
 
 Decode = Callable[[Mapping[str, tf.Tensor]], Tuple[tf.Tensor, tf.Tensor]]
@@ -275,14 +319,16 @@ def create_split(builder, split: str, config: Mapping[str, Any], per_device_batc
                  train: bool, seed: int = 0, decode: Optional[Decode] = None) -> tf.data.Dataset:
   """Batches of one TFDS split for this process, shaped for pmap.
 
-  Each process reads its own disjoint part of the split (multi-host). Training
-  examples are repeated forever, shuffled and augmented with a seed per position
-  in the stream (so epochs differ, and the stream is reproducible from `seed`).
-  Evaluation examples are padded to `config['crop_size']` (255 labels), after
-  shrinking any larger one to fit, keeping its aspect ratio (labels by nearest
-  neighbour); the last batch is completed with all-255 examples so that every
-  example is evaluated. This is the quick validation run during training; the
-  reference protocols (whole/slide at the original label size) are in evaluate.py.
+  Training: every device (of all processes) reads its own disjoint shard of the split,
+  repeated forever, shuffled and augmented with a seed per (device, position), so the
+  batches depend on `seed` and the global device count only: 2 processes of 2 devices
+  see what 1 process of 4 devices sees. Images are decoded after the shuffle, whose
+  buffer (saved with each checkpoint, see resumable_iterator) then holds encoded files.
+  Evaluation: each process reads its own part of the split; examples are padded to
+  `config['crop_size']` (255 labels), after shrinking any larger one to fit, keeping
+  its aspect ratio (labels by nearest neighbour); the last batch is completed with
+  all-255 examples so that every example is evaluated. (The reference protocols,
+  whole/slide at the original label size, are in evaluation.py.)
 
   Args:
     builder: a prepared `tfds.core.DatasetBuilder`.
@@ -297,21 +343,20 @@ def create_split(builder, split: str, config: Mapping[str, Any], per_device_batc
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   hide_accelerators_from_tf()
-  process_split = tfds.split_for_jax_process(split, drop_remainder=train)
-  ds = builder.as_dataset(split=process_split, shuffle_files=False)
-  if train:
-    ds = ds.repeat().shuffle(16 * per_device_batch * jax.local_device_count(), seed=seed)
-  ds = ds.enumerate()
+  features = builder.info.features
+  images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+  skip_decoding = {k: tfds.decode.SkipDecoding() for k in images}
 
-  def prepare(index, example):
+  def prepare(example_seed, example):
+    example = {k: features[k].decode_example(v) if k in images else v
+               for k, v in example.items()}
     if decode is None:
       image, label = example['image'], example['segmentation_mask']
     else:
       image, label = decode(example)
     image = tf.ensure_shape(image, [None, None, 3])
     if train:
-      example_seed = tf.stack([tf.constant(seed, tf.int64), index])
-      image, label = augment(image, label, tf.cast(example_seed, tf.int32), config)
+      image, label = augment(image, label, example_seed, config)
     else:
       crop = config['crop_size']
       image, label = shrink_to_fit(tf.cast(image, tf.float32), tf.cast(label, tf.int32), crop)
@@ -319,17 +364,41 @@ def create_split(builder, split: str, config: Mapping[str, Any], per_device_batc
       image, label = normalize(image), label[..., 0]
     return {'image': image, 'label': label}
 
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if train:
+    num_devices = jax.device_count()
+    if builder.info.splits[split].num_examples < num_devices:
+      raise ValueError(f'{builder.info.full_name} {split} has '
+                       f'{builder.info.splits[split].num_examples} examples, fewer than the '
+                       f'{num_devices} devices that each read their own shard of it.')
+    shards = tfds.even_splits(split, n=num_devices, drop_remainder=False)
+    streams = []
+    for device in jax.local_devices():
+      index = jax.devices().index(device)
+      ds = builder.as_dataset(split=shards[index], shuffle_files=False, decoders=skip_decoding)
+      ds = ds.repeat().shuffle(16 * per_device_batch, seed=seed * num_devices + index)
+      device_seed = tf.constant([seed, index], tf.int64)
+      ds = ds.enumerate().map(
+          lambda i, example, s=device_seed: prepare(
+              tf.random.experimental.stateless_fold_in(s, i), example),
+          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      streams.append(ds.batch(per_device_batch, drop_remainder=True))
+    ds = tf.data.Dataset.zip(tuple(streams)).map(
+        lambda *batches: tf.nest.map_structure(lambda *x: tf.stack(x), *batches))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+  ds = builder.as_dataset(split=tfds.split_for_jax_process(split), shuffle_files=False,
+                          decoders=skip_decoding)
+  ds = ds.map(lambda example: prepare(None, example), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  # Pad with all-ignore examples so no example is dropped from a metric, and every
+  # process runs the same number of batches (the eval step's psum spans all hosts).
   devices = jax.local_device_count()
-  if not train:
-    # Pad with all-ignore examples so no example is dropped from a metric, and every
-    # process runs the same number of batches (the eval step's psum spans all hosts).
-    count = int(ds.cardinality())
-    per_batch = devices * per_device_batch
-    most = -(-builder.info.splits[split].num_examples // jax.process_count())
-    filler = {'image': tf.zeros((*config['crop_size'], 3), tf.float32),
-              'label': tf.fill(config['crop_size'], IGNORE_LABEL)}
-    padding = -(-most // per_batch) * per_batch - count
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(padding))
+  count = int(ds.cardinality())
+  per_batch = devices * per_device_batch
+  most = -(-builder.info.splits[split].num_examples // jax.process_count())
+  filler = {'image': tf.zeros((*config['crop_size'], 3), tf.float32),
+            'label': tf.fill(config['crop_size'], IGNORE_LABEL)}
+  padding = -(-most // per_batch) * per_batch - count
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(padding))
   ds = ds.batch(per_device_batch, drop_remainder=True).batch(devices, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)

@@ -302,3 +302,17 @@ def test_shrink_to_fit_keeps_aspect_ratio_and_alignment_and_leaves_small_images(
                                             tf.constant(label, tf.int32), (128, 128))
   np.testing.assert_array_equal(same_image, image)
   np.testing.assert_array_equal(same_label, label)
+
+
+@pytest.mark.parametrize('height,width', [(512, 683), (1500, 2000), (300, 400), (2000, 700)])
+@pytest.mark.parametrize('ratio', [0.5, 1.0, 1.7])
+def test_rescale_into_a_box_is_mmsegs_random_resize(height, width, ratio):
+  """mmseg's RandomResize(scale=(2048, 512), keep_ratio=True) at a drawn ratio: mmcv's size."""
+  import mmcv  # pylint: disable=g-import-not-at-top
+  image = tf.zeros((height, width, 3), tf.float32)
+  label = tf.zeros((height, width, 1), tf.uint8)
+  seed = tf.constant([0, 1])
+  image, label = ip.random_rescale(image, label, seed, (ratio, ratio), scale=(2048, 512))
+  box = (int(2048 * ratio), int(512 * ratio))
+  want_w, want_h = mmcv.rescale_size((width, height), box)
+  assert image.shape[:2] == label.shape[:2] == (want_h, want_w)

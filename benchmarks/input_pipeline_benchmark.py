@@ -1,0 +1,274 @@
+r"""Training input pipeline throughput on ADE20K-like data, through the real builder and pipeline.
+
+  python benchmarks/input_pipeline_benchmark.py --num_images=200 --out=input_pipeline.json
+
+Writes --num_images generated scenes (JPEG images, PNG annotations 0..150) into an
+ADEChallengeData2016.zip in the real layout, prepares it with psp_jax's own ADE20K TFDS
+builder (manual dir), then times `input_pipeline.create_split(builder, 'train',
+configs/ade20k.py's config.augment, per_device_batch, train=True)` as train.py reads it
+(`tfds.as_numpy`). Before it, cumulative stages built from the same functions (encoded files
+shuffled, then decoded in the map) show where the time goes: read (TFRecord, no decode),
+decode (JPEG + PNG), + rescale, + pad and crop (with cat_max_ratio retries), + flip,
++ photometric distortion (= `augment`), then batched.
+
+Each row: images/s as the median (and min, max) over --windows windows of --window_images
+images after --warmup_images (which also fills the shuffle buffer), and this process's CPU
+time per image (user + system, over all threads), which other jobs on a shared machine
+disturb less than wall time.
+
+Image sizes (height x width), drawn per image, after ADE20K SceneParsing's training set,
+where most images have a shorter side of 512 and about 4:3 shape (an approximation: the
+archive's real histogram was not at hand):
+  50% 512x683, 15% 683x512, 15% 512 x U(512, 1024), 10% smaller (shorter side U(256, 511),
+  4:3), 10% larger (shorter side U(600, 1500), longer side up to 2000, landscape or portrait).
+Scenes are Voronoi regions of 4-17 classes (ADE20K averages 10.5 classes an image), class
+0 ("other", ignored after reduce_zero_label) included, coloured with shading and noise,
+JPEG quality 85.
+
+TensorFlow is kept off any accelerator and JAX on the host CPU (one device), so the batch
+is [1, per_device_batch, 512, 512, 3].
+"""
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # before jax is imported: no accelerator
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT]
+
+from configs import ade20k as ade20k_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from psp_jax import input_pipeline  # noqa: E402  pylint: disable=g-import-not-at-top
+from psp_jax.datasets import ade20k  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _image_size(rng: np.random.RandomState) -> tuple[int, int]:
+  """(height, width) from the distribution in the module docstring."""
+  kind = rng.uniform()
+  if kind < 0.50:
+    return 512, 683
+  if kind < 0.65:
+    return 683, 512
+  if kind < 0.80:
+    return 512, rng.randint(512, 1025)
+  if kind < 0.90:
+    short = rng.randint(256, 512)
+    return short, round(short * 4 / 3)
+  short = rng.randint(600, 1501)
+  long = min(2000, round(short * rng.uniform(1.0, 1.5)))
+  return (short, long) if rng.uniform() < 0.7 else (long, short)
+
+
+def _scene(height: int, width: int, rng: np.random.RandomState):
+  """A Voronoi scene: (image [H, W, 3] uint8, annotation [H, W] uint8 in 0..150)."""
+  n = rng.randint(4, 18)
+  ys, xs = rng.uniform(0, height, n), rng.uniform(0, width, n)
+  step = 4  # regions at 1/4 resolution keep generation fast; edges stay jagged as real ones
+  grid_y, grid_x = np.mgrid[0:height:step, 0:width:step]
+  region = np.argmin((grid_y[..., None] - ys) ** 2 + (grid_x[..., None] - xs) ** 2, -1)
+  region = np.repeat(np.repeat(region, step, 0), step, 1)[:height, :width]
+  classes = rng.randint(0, ade20k.NUM_CLASSES + 1, n)
+  colours = rng.randint(0, 256, (n, 3)).astype(np.float32)
+  coarse = rng.uniform(0, 255, (height // 32 + 1, width // 32 + 1)).astype(np.uint8)
+  shade = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR),
+                     np.float32) - 128
+  image = 0.7 * colours[region] + 0.3 * shade[..., None] + rng.normal(0, 5, (height, width, 3))
+  return np.clip(image, 0, 255).astype(np.uint8), classes[region].astype(np.uint8)
+
+
+def _encode(array: np.ndarray, fmt: str, **kwargs) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format=fmt, **kwargs)
+  return buffer.getvalue()
+
+
+def write_archive(path: str, num_train: int, num_validation: int, seed: int) -> list:
+  """Writes ADEChallengeData2016.zip as the real one is laid out; returns the train sizes."""
+  rng = np.random.RandomState(seed)
+  sizes = []
+  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as zf:
+    for folder, prefix, count in (('training', 'ADE_train', num_train),
+                                  ('validation', 'ADE_val', num_validation)):
+      for index in range(1, count + 1):
+        height, width = _image_size(rng)
+        image, annotation = _scene(height, width, rng)
+        stem = f'{prefix}_{index:08d}'
+        # JPEG bytes are stored, not deflated, as in the real archive (they do not shrink).
+        zf.writestr(f'{ade20k.ROOT}/images/{folder}/{stem}.jpg',
+                    _encode(image, 'JPEG', quality=85), compress_type=zipfile.ZIP_STORED)
+        zf.writestr(f'{ade20k.ROOT}/annotations/{folder}/{stem}.png', _encode(annotation, 'PNG'))
+        if folder == 'training':
+          sizes.append((height, width))
+  return sizes
+
+
+def prepare_builder(workdir: str, num_images: int, seed: int):
+  """The real ADE20K builder prepared from a generated archive in workdir/manual.
+
+  Returns (builder, [(height, width)] of the training images). A workdir prepared before
+  with the same images is reused as it is.
+  """
+  manual_dir = os.path.join(workdir, 'manual')
+  record = os.path.join(workdir, 'images.json')
+  wanted = {'num_images': num_images, 'seed': seed}
+  builder = ade20k.Ade20k(data_dir=os.path.join(workdir, 'tfds'))
+  previous = {}
+  if os.path.exists(record):
+    with open(record) as f:
+      previous = json.load(f)
+  if builder.is_prepared() and {k: previous.get(k) for k in wanted} == wanted:
+    sizes = [tuple(size) for size in previous['sizes']]
+  else:
+    shutil.rmtree(os.path.join(workdir, 'tfds'), ignore_errors=True)
+    os.makedirs(manual_dir, exist_ok=True)
+    sizes = write_archive(os.path.join(manual_dir, ade20k.ARCHIVE), num_images, 2, seed)
+    builder = ade20k.Ade20k(data_dir=os.path.join(workdir, 'tfds'))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    with open(record, 'w') as f:
+      json.dump(dict(wanted, sizes=sizes), f)
+  # TFDS caches a dataset under 250 MiB in memory after decoding, so a few hundred images
+  # would be decoded once; the real train split (~0.8 GB) never is, and decodes every epoch.
+  builder._should_cache_ds = lambda **kwargs: False  # pylint: disable=protected-access
+  return builder, sizes
+
+
+def _stage_dataset(builder, per_device_batch: int, fn, decode: bool = True) -> tf.data.Dataset:
+  """create_split's training front with `fn(index, image, label)` in its map.
+
+  Encoded files are repeated, shuffled and indexed; the map decodes them (unless `decode`
+  is False) and applies `fn`.
+  """
+  features = builder.info.features
+  keys = ('image', 'segmentation_mask')
+  ds = builder.as_dataset(split='train', shuffle_files=False,
+                          decoders={k: tfds.decode.SkipDecoding() for k in keys})
+  ds = ds.repeat().shuffle(16 * per_device_batch, seed=0).enumerate()
+
+  def prepare(index, example):
+    image, label = (features[k].decode_example(example[k]) if decode else example[k]
+                    for k in keys)
+    return fn(index, image, label)
+
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def stages(builder, augment_config, per_device_batch: int):
+  """(name, dataset, images per element): cumulative steps of the training pipeline."""
+  config = dict(augment_config)
+
+  def seed_of(index):
+    return tf.cast(tf.stack([tf.constant(0, tf.int64), index]), tf.int32)
+
+  def rescale(index, image, label):
+    # augment's first step, with the seed augment gives it.
+    seed = tf.random.experimental.stateless_split(seed_of(index), 6)[0]
+    return input_pipeline.random_rescale(tf.cast(image, tf.float32), label, seed,
+                                         config['scale_range'], config.get('resize_scale'))
+
+  def augment(overrides):
+    step_config = dict(config, **overrides)
+    return lambda index, image, label: input_pipeline.augment(image, label, seed_of(index),
+                                                              step_config)
+
+  yield 'read (no decode)', _stage_dataset(builder, per_device_batch,
+                                           lambda i, image, label: (image, label), False), 1
+  yield 'decode JPEG + PNG', _stage_dataset(builder, per_device_batch,
+                                            lambda i, image, label: (image, label)), 1
+  yield '+ rescale', _stage_dataset(builder, per_device_batch, rescale), 1
+  yield '+ pad, crop', _stage_dataset(
+      builder, per_device_batch, augment(dict(flip=False, photometric=False))), 1
+  yield '+ flip', _stage_dataset(builder, per_device_batch, augment(dict(photometric=False))), 1
+  yield '+ photometric (augment)', _stage_dataset(builder, per_device_batch, augment({})), 1
+  split = input_pipeline.create_split(builder, 'train', augment_config, per_device_batch,
+                                      train=True, seed=0)
+  batch = int(np.prod(split.element_spec['image'].shape[:2]))
+  yield f'create_split (batch {batch})', split, batch
+
+
+def measure(ds: tf.data.Dataset, per_element: int, warmup: int, window: int, windows: int):
+  """Images/s (median, min, max) over `windows` windows, and CPU ms per image."""
+  iterator = iter(tfds.as_numpy(ds))
+  for _ in range(-(-warmup // per_element)):
+    next(iterator)
+  elements = -(-window // per_element)
+  rates, cpu = [], []
+  for _ in range(windows):
+    wall, process = time.perf_counter(), time.process_time()
+    for _ in range(elements):
+      next(iterator)
+    rates.append(elements * per_element / (time.perf_counter() - wall))
+    cpu.append((time.process_time() - process) / (elements * per_element))
+  return {'img_s': statistics.median(rates), 'img_s_min': min(rates), 'img_s_max': max(rates),
+          'cpu_ms_per_img': 1e3 * statistics.median(cpu)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--num_images', type=int, default=200, help='generated training images')
+  parser.add_argument('--per_device_batch', type=int, default=16)
+  parser.add_argument('--warmup_images', type=int, default=320,
+                      help='discarded first; more than the shuffle buffer (16 x batch)')
+  parser.add_argument('--window_images', type=int, default=64)
+  parser.add_argument('--windows', type=int, default=5)
+  parser.add_argument('--stages', default='all',
+                      help="'all', or a comma-separated list of row numbers (0-based)")
+  parser.add_argument('--workdir', default=None,
+                      help='keeps archive and TFDS data here (reused if already prepared); '
+                           'default: a temporary directory, removed at the end')
+  parser.add_argument('--seed', type=int, default=0, help='of the generated images')
+  parser.add_argument('--out', default=None, help='JSON file for the table')
+  args = parser.parse_args()
+
+  input_pipeline.hide_accelerators_from_tf()
+  workdir = args.workdir or tempfile.mkdtemp(prefix='input_pipeline_benchmark_')
+  try:
+    start = time.perf_counter()
+    builder, sizes = prepare_builder(workdir, args.num_images, args.seed)
+    prepare_s = time.perf_counter() - start
+    config = ade20k_config.get_config()
+    wanted = None if args.stages == 'all' else {int(s) for s in args.stages.split(',')}
+    rows = []
+    for number, (name, ds, per_element) in enumerate(
+        stages(builder, config.augment, args.per_device_batch)):
+      if wanted is None or number in wanted:
+        rows.append({'stage': name, **measure(ds, per_element, args.warmup_images,
+                                              args.window_images, args.windows)})
+  finally:
+    if not args.workdir:
+      shutil.rmtree(workdir, ignore_errors=True)
+
+  megapixels = [h * w / 1e6 for h, w in sizes]
+  print(f'{platform.processor() or platform.machine()} {os.cpu_count()} cores, '
+        f'tf {tf.__version__}; {len(sizes)} images, mean {statistics.mean(megapixels):.3f} MP '
+        f'(max {max(megapixels):.2f}); crop {tuple(config.augment.crop_size)}; prepared in '
+        f'{prepare_s:.0f} s')
+  header = ('stage', 'img_s', 'img_s_min', 'img_s_max', 'cpu_ms_per_img')
+  print(' | '.join(header))
+  for row in rows:
+    print(' | '.join(row[h] if isinstance(row[h], str) else f'{row[h]:.4g}' for h in header))
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump({'cores': os.cpu_count(), 'tf': tf.__version__, 'args': vars(args),
+                 'augment': config.augment.to_dict(), 'mean_megapixels':
+                 statistics.mean(megapixels), 'rows': rows, 'date': time.strftime('%Y-%m-%d')},
+                f, indent=2)
+
+
+if __name__ == '__main__':
+  main()
