@@ -12,7 +12,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psp_jax import evaluation, input_pipeline, train_lib
+from psp_jax import checkpoint, config_check, evaluation, input_pipeline, train_lib
 
 config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, test).',
                                 lock_config=True)
@@ -30,13 +30,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):
     raise app.UsageError('Give exactly one of --workdir and --checkpoint.')
+  config_check.check_config(FLAGS.config)
   input_pipeline.hide_accelerators_from_tf()
   if FLAGS.checkpoint:
-    from psp_jax import checkpoint  # pylint: disable=g-import-not-at-top
     variables, source = checkpoint.load_variables(FLAGS.checkpoint), FLAGS.checkpoint
   else:
     variables, step = train_lib.load_trained_variables(FLAGS.workdir, FLAGS.which)
     source = f'{FLAGS.workdir} ({FLAGS.which}, step {step})'
+  checkpoint.check_fits(variables, train_lib.variable_shapes(FLAGS.config.model), source)
   split = FLAGS.split or FLAGS.config.dataset.eval_split
   metrics, table = evaluation.evaluate_config(FLAGS.config, variables, split)
   print(f'{FLAGS.config.dataset.name} {split}, {source}:\n{table}')
@@ -48,4 +49,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from PIL import Image
 
-from psp_jax import checkpoint, datasets, inference, train_lib, visualize
+from psp_jax import checkpoint, config_check, datasets, inference, train_lib, visualize
 from psp_jax.models.pspnet import build_model
 
 config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, test).',
@@ -49,8 +49,11 @@ def main(argv):
     raise app.UsageError('Give at least one image or folder of images.')
   if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):
     raise app.UsageError('Give exactly one of --checkpoint and --workdir.')
+  config_check.check_config(FLAGS.config)
   variables = (checkpoint.load_variables(FLAGS.checkpoint) if FLAGS.checkpoint
                else train_lib.load_trained_variables(FLAGS.workdir)[0])
+  checkpoint.check_fits(variables, train_lib.variable_shapes(FLAGS.config.model),
+                        FLAGS.checkpoint or FLAGS.workdir)
   config, module = FLAGS.config, datasets.dataset_module(FLAGS.config.dataset.name)
   test = config.test
   predictor = inference.predictor_for_test(build_model(config.model), variables, test)
@@ -71,4 +74,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

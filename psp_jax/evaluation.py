@@ -111,8 +111,9 @@ def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float
   if test.mode == 'whole' and tuple(test.scales) == (1.0,) and not test.flip and (
       test.size_divisor):
     # Sharded over processes, spread over local devices, confusion summed on device.
-    examples = tfds.as_numpy(builder.as_dataset(
-        split=tfds.split_for_jax_process(split, drop_remainder=False)).map(decode))
+    process_split = tfds.split_for_jax_process(split, drop_remainder=False)
+    examples = datasets.name_corrupt_images(
+        tfds.as_numpy(builder.as_dataset(split=process_split).map(decode)), builder, split)
     evaluator = BucketedEvaluator(model, variables, config.model.num_classes,
                                   test.size_divisor, test.resize, test.test_scale,
                                   test.base_size)
@@ -127,7 +128,8 @@ def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float
     logging.info('%d shape buckets compiled in all', len(evaluator.buckets))
   else:  # sliding windows or test-time augmentation: one image at a time
     predictor = inference.predictor_for_test(model, variables, test)
-    examples = tfds.as_numpy(builder.as_dataset(split=split).map(decode))
+    examples = datasets.name_corrupt_images(
+        tfds.as_numpy(builder.as_dataset(split=split).map(decode)), builder, split)
     metrics = evaluate_images(
         predictor, examples, num_classes=config.model.num_classes,
         class_names=module.CLASS_NAMES, total=total, scales=test.scales, flip=test.flip,

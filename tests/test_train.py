@@ -10,24 +10,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import quickstart
+import tiny_config as tiny
 from psp_jax import checkpoint, evaluation, train_lib
 from psp_jax.models.pspnet import build_model
 
 
 def tiny_config(data_dir, steps):
-  config = quickstart.get_config()
-  config.dataset.name = 'synthetic_scenes/tiny'  # 6 train / 3 validation scenes
+  config = tiny.get_config()
   config.dataset.data_dir = data_dir
-  config.model.update(stem_widths=(4, 4, 8), base_width=4, ppm_channels=4, channels=8,
-                      aux_channels=4)
-  config.augment.crop_size = (32, 32)
-  config.batch_size = 4  # one per simulated device
   config.num_train_steps = steps
-  config.optimizer.warmup_steps = 1
-  config.log_every_steps = 1
-  config.eval_every_steps = 2
-  config.checkpoint_every_steps = 2
   return config
 
 

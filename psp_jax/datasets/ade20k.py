@@ -132,7 +132,17 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    archive = manual_archive(dl_manager) or dl_manager.download(URL)
+    archive = manual_archive(dl_manager)
+    if archive is None:
+      try:
+        archive = dl_manager.download(URL)
+      except OSError as error:  # requests' and urllib's errors are OSErrors
+        manual_dir = self.data_dir_root / 'downloads' / 'manual'
+        raise ConnectionError(
+            f'{ARCHIVE} is not in the TFDS manual dir and downloading it failed ({error}). '
+            f'Download it from {URL} elsewhere and put it, not extracted, in {manual_dir} '
+            '(or the manual_dir of your DownloadConfig), then run the same command again.'
+        ) from error
     return {split: self._generate_examples(archive, folder)
             for split, folder in _SPLIT_FOLDERS.items()}
 

@@ -34,6 +34,8 @@ import tensorflow as tf
 from psp_jax.losses import IGNORE_LABEL
 
 TFDS_NAME = 'cityscapes/semantic_segmentation'
+# What preparing TFDS_NAME needs in the TFDS manual dir (step 1 above).
+MANUAL_ARCHIVES = ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip')
 
 # Train-id order, as cityscapesScripts' labels.py and mmseg's CityscapesDataset.
 CLASS_NAMES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',

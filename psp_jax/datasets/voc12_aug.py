@@ -26,6 +26,7 @@ VOC_ARCHIVE = 'VOCtrainval_11-May-2012.tar'
 SBD_ARCHIVE = 'benchmark.tgz'
 VOC_ROOT = 'VOCdevkit/VOC2012'  # inside VOC_ARCHIVE
 SBD_ROOT = 'benchmark_RELEASE/dataset'  # inside SBD_ARCHIVE
+MANUAL_ARCHIVES = (VOC_ARCHIVE, SBD_ARCHIVE)  # what preparing needs in the TFDS manual dir
 
 CLASS_NAMES = (
     'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',

@@ -1,0 +1,91 @@
+"""Config keys: every psp_jax config derives from configs/ade20k.py, whose keys are all there are.
+
+A key outside that set is a typo or a knob psp_jax does not have; either way the run would go
+on without it. `check_config` refuses a config file that sets one and `parse_flags` a
+`--config.key=...` override of one, each naming the closest known key, before any work starts.
+`check_config` also holds config.model.num_classes to the dataset's number of classes.
+"""
+
+import difflib
+import importlib.util
+import pathlib
+import re
+import sys
+from typing import Iterator
+
+import ml_collections
+from absl import app
+
+# The base config; the others import it and override values, never adding keys.
+SCHEMA_FILE = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'ade20k.py'
+
+
+def schema() -> ml_collections.ConfigDict:
+  """configs/ade20k.py's get_config(): the keys (and default values) of every config."""
+  spec = importlib.util.spec_from_file_location('_psp_jax_config_schema', SCHEMA_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def key_paths(config, prefix: str = '') -> Iterator[str]:
+  """'model', 'model.num_classes', ...: every field and sub-config as a dotted path."""
+  for key, value in config.items():
+    yield prefix + key
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      yield from key_paths(value, f'{prefix}{key}.')
+
+
+def unknown_keys(paths, known: set[str], prefix: str) -> list[str]:
+  """`paths` not in `known` (below an unknown key, only it), each with the closest known path.
+
+  prefix: how the user wrote them, 'config.' in a file or '--config.' on the command line.
+  """
+  unknown = []
+  for path in paths:
+    if path not in known and not any(path.startswith(u + '.') for u in unknown):
+      unknown.append(path)
+  described = []
+  for path in unknown:
+    closest = difflib.get_close_matches(path, sorted(known), n=1, cutoff=0.6)
+    described.append(prefix + path + (f' (did you mean {prefix}{closest[0]}?)' if closest else ''))
+  return described
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on a key configs/ade20k.py lacks, or num_classes not the dataset's.
+
+  Called first by train_lib.train_and_evaluate, evaluate.py and predict.py: it is cheap and
+  comes before any data or model work, so a typo costs seconds, not a run.
+  """
+  known = set(key_paths(schema()))
+  unknown = unknown_keys(key_paths(config), known, 'config.')
+  if unknown:
+    raise ValueError(
+        f'Unknown config key{"s" * (len(unknown) > 1)} {", ".join(unknown)}. psp_jax reads '
+        f'only the keys of configs/{SCHEMA_FILE.name}, which every config derives from; any '
+        'other key would be ignored. Fix the name in your config file.')
+  from psp_jax import datasets  # pylint: disable=g-import-not-at-top  (TF, TFDS)
+  class_names = datasets.dataset_module(config.dataset.name).CLASS_NAMES
+  if config.model.num_classes != len(class_names):
+    raise ValueError(
+        f'config.model.num_classes={config.model.num_classes}, but {config.dataset.name} has '
+        f'{len(class_names)} classes ({", ".join(class_names[:3])}, ...); the classifier needs '
+        f'one output per class. Set --config.model.num_classes={len(class_names)}.')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`app.run`'s flags_parser: absl's, with an unknown `--config.key` reported like a bad flag.
+
+  ml_collections (with lock_config=True) refuses the override with a KeyError or
+  AttributeError and a traceback through absl; this prints one line naming the closest key.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError):
+    overrides = [m.group(1) for m in map(re.compile(r'^--?config\.([^=\[]+)').match, argv) if m]
+    unknown = unknown_keys(overrides, set(key_paths(schema())), '--config.')
+    if not unknown:
+      raise
+    sys.stderr.write(f'FATAL Flags parsing error: unknown config key {", ".join(unknown)}\n')
+    sys.exit(1)

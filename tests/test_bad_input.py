@@ -1,0 +1,378 @@
+"""Bad input gives one clear error, early, naming the value, the file and the fix (issue #6).
+
+Each case runs the real entry point (train_and_evaluate, the tf.data pipeline, train.py /
+evaluate.py) on real files: TFDS datasets prepared on disk, Orbax checkpoints, config files.
+"""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+import jax
+from flax import jax_utils
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from configs import ade20k as ade20k_config
+from configs import cityscapes as cityscapes_config
+from configs import quickstart
+from configs import voc12_aug as voc_config
+from psp_jax import checkpoint, config_check, datasets, input_pipeline, train_lib
+from psp_jax.datasets import ade20k, cityscapes, synthetic_scenes, voc12_aug
+from psp_jax.datasets.features import segmentation_features
+from test_cityscapes import fake_frame
+from test_train import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_script(script, *args):
+  """`python script args` from the repository root, as a user runs it; (exit status, stderr)."""
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
+  result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+  return result.returncode, result.stderr
+
+
+def _encode(array, fmt):
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------- config keys
+
+
+def test_unknown_key_in_a_config_file_names_it_and_the_closest_known_key(tmp_path):
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  config.augmnet = config.augment  # a user config with a typo: training would ignore it
+  config.optimizer.learnin_rate = 0.1
+  with pytest.raises(ValueError, match=r'Unknown config keys config\.augmnet \(did you mean '
+                     r'config\.augment\?\), config\.optimizer\.learnin_rate \(did you mean '
+                     r'config\.optimizer\.learning_rate\?\)\. .*configs/ade20k\.py'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  assert not (tmp_path / 'workdir').exists() and not (tmp_path / 'tfds').exists()
+
+
+def test_a_key_at_the_wrong_level_is_unknown_too(tmp_path):
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  config.learning_rate = 0.1  # belongs in config.optimizer
+  with pytest.raises(ValueError, match=r'config\.learning_rate \(did you mean '
+                     r'config\.optimizer\.learning_rate\?\)'):
+    config_check.check_config(config)
+
+
+@pytest.mark.parametrize('module', [ade20k_config, voc_config, cityscapes_config, quickstart],
+                         ids=lambda m: m.__name__)
+def test_every_shipped_config_passes_the_check(module):
+  config_check.check_config(module.get_config())
+
+
+def test_num_classes_other_than_the_datasets_is_refused(tmp_path):
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  config.model.num_classes = 5  # synthetic scenes have 8: labels 5..7 would be out of range
+  with pytest.raises(ValueError, match=r'config\.model\.num_classes=5, but synthetic_scenes/tiny '
+                     r'has 8 classes .* Set --config\.model\.num_classes=8'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  assert not (tmp_path / 'workdir').exists()
+
+
+def test_mistyped_config_flag_is_one_line_naming_the_closest_key(tmp_path):
+  status, stderr = _run_script('train.py', '--config=configs/quickstart.py',
+                               '--config.optimizer.learnin_rate=0.1',
+                               f'--workdir={tmp_path / "workdir"}')
+  assert status == 1
+  assert ('FATAL Flags parsing error: unknown config key --config.optimizer.learnin_rate '
+          '(did you mean --config.optimizer.learning_rate?)') in stderr
+  assert 'Traceback' not in stderr
+  assert not (tmp_path / 'workdir').exists()
+
+
+def test_evaluate_checks_the_config_file_first(tmp_path):
+  config_file = tmp_path / 'my_config.py'
+  config_file.write_text('from configs import quickstart\n\n\ndef get_config():\n'
+                         '  config = quickstart.get_config()\n'
+                         '  config.test.flipp = True\n  return config\n')
+  status, stderr = _run_script('evaluate.py', f'--config={config_file}',
+                               f'--checkpoint={tmp_path / "no_such_checkpoint"}')
+  assert status == 1
+  assert ('ValueError: Unknown config key config.test.flipp (did you mean config.test.flip?)'
+          in stderr)
+
+
+# ---------------------------------------------------------------- dataset not prepared
+
+
+def test_dataset_not_prepared_and_prepare_off_says_how_to_prepare(tmp_path):
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  config.dataset.prepare = False
+  with pytest.raises(FileNotFoundError, match=(
+      rf'synthetic_scenes/tiny is not prepared in {re.escape(str(tmp_path / "tfds"))}, and '
+      r'config\.dataset\.prepare=False\. Set --config\.dataset\.prepare=True')):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  assert not (tmp_path / 'workdir').exists()
+
+
+def test_ade20k_not_prepared_says_where_its_archive_goes(tmp_path):
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  config.dataset.update(name='ade20k', prepare=False)
+  config.model.num_classes = 150
+  with pytest.raises(FileNotFoundError, match=r'(?s)ade20k is not prepared.*'
+                     r'put the unmodified `ADEChallengeData2016\.zip`'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+
+
+@pytest.mark.parametrize('name, num_classes, archives', [
+    ('voc12_aug', 21, voc12_aug.MANUAL_ARCHIVES),
+    (cityscapes.TFDS_NAME, 19, ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'))])
+def test_missing_manual_archives_are_named_with_the_folder_they_go_in(tmp_path, name,
+                                                                      num_classes, archives):
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  config.dataset.name = name
+  config.model.num_classes = num_classes
+  manual_dir = tmp_path / 'tfds' / 'downloads' / 'manual'
+  with pytest.raises(FileNotFoundError, match=rf'{re.escape(str(manual_dir))} lacks '
+                     rf'{re.escape(archives[0])}, {re.escape(archives[1])}\. Put them there'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  manual_dir.mkdir(parents=True)
+  (manual_dir / archives[0]).write_bytes(b'')  # one of the two is there
+  with pytest.raises(FileNotFoundError, match=rf'{re.escape(str(manual_dir))} lacks '
+                     rf'{re.escape(archives[1])}\. Put it there'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  assert not (tmp_path / 'workdir').exists()
+
+
+def test_ade20k_download_failure_says_where_to_put_the_archive(tmp_path, monkeypatch):
+  # Refused at once (ftp is fetched without retries), as an unreachable host would be.
+  monkeypatch.setattr(ade20k, 'URL', 'ftp://127.0.0.1:1/ADEChallengeData2016.zip')
+  with pytest.raises(ConnectionError, match=(
+      rf'ADEChallengeData2016\.zip is not in the TFDS manual dir and downloading it failed '
+      rf'.*put it, not extracted, in {re.escape(str(tmp_path / "downloads" / "manual"))}')):
+    ade20k.Ade20k(data_dir=tmp_path).download_and_prepare()
+
+
+# -------------------------------------------------- per-example checks in the pipeline
+
+
+class BadExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """psp_jax's own format (features.py): per split, one good example and four bad ones.
+
+  A bad example holds what our builders refuse to write but a dataset prepared otherwise
+  may: labels outside synthetic_scenes' 8 classes, a label of another size than its image,
+  or an image file that does not decode. Four, so that each of the 4 simulated devices'
+  training shards has one.
+  """
+
+  VERSION = tfds.core.Version('1.0.0')
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n)
+                     for n in ('label_values', 'label_size', 'corrupt_image')]
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=segmentation_features())
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(), 'validation': self._generate_examples()}
+
+  def _generate_examples(self):
+    rng = np.random.RandomState(0)
+    image = rng.randint(0, 256, (12, 16, 3), np.uint8)
+    label = rng.randint(0, 8, (12, 16, 1)).astype(np.uint8)
+    label[0, 0] = 255  # ignore is a valid value
+    yield 'good', {'image': _encode(image, 'JPEG'), 'segmentation_mask': label,
+                   'file_name': 'good.jpg'}
+    for index in range(4):
+      bad = {'image': _encode(image, 'JPEG'), 'segmentation_mask': label.copy(),
+             'file_name': f'bad_{index}.jpg'}
+      if self.builder_config.name == 'label_values':
+        bad['segmentation_mask'][1, :3, 0] = (8, 200, 8)
+      elif self.builder_config.name == 'label_size':
+        bad['segmentation_mask'] = label[:, :10]
+      else:
+        bad['image'] = bad['image'][:len(bad['image']) // 2]  # a truncated download
+      yield f'bad_{index}', bad
+
+
+def _bad_examples(tmp_path, name):
+  builder = BadExamples(config=name, data_dir=tmp_path / 'tfds')
+  builder.download_and_prepare()
+  return builder
+
+
+def _readers(builder):
+  """Each way the pipeline reads a split: training, training's validation, evaluate.py."""
+  decode = datasets.decoder(synthetic_scenes)  # 8 classes, our format
+  augment = dict(quickstart.get_config().augment, crop_size=(8, 8))
+
+  def batch(train):
+    ds = input_pipeline.create_split(builder, 'train', augment, 1, train=train, decode=decode)
+    return next(datasets.name_corrupt_images(tfds.as_numpy(ds), builder, 'train'))
+
+  def evaluate():  # as evaluation.evaluate_config reads examples
+    examples = tfds.as_numpy(builder.as_dataset(split='validation').map(decode))
+    return list(datasets.name_corrupt_images(examples, builder, 'validation'))
+  return {'train': lambda: batch(True), 'validation': lambda: batch(False), 'evaluate': evaluate}
+
+
+def test_label_values_outside_the_classes_name_the_file_and_the_values(tmp_path):
+  builder = _bad_examples(tmp_path, 'label_values')
+  for name, read in _readers(builder).items():
+    with pytest.raises(tf.errors.InvalidArgumentError, match=(
+        r'bad_\d\.jpg: label values \[8 200\] are neither class ids in \[0, 8\) nor the '
+        r'ignore label 255')):
+      read()
+      pytest.fail(f'{name} read the bad labels')
+
+
+def test_label_of_another_size_than_its_image_names_the_file_and_sizes(tmp_path):
+  builder = _bad_examples(tmp_path, 'label_size')
+  for name, read in _readers(builder).items():
+    with pytest.raises(tf.errors.InvalidArgumentError, match=(
+        r'bad_\d\.jpg: label size \[12 10\] differs from image size \[12 16\]')):
+      read()
+      pytest.fail(f'{name} read the label of another size')
+
+
+def test_good_examples_pass_the_checks_unchanged(tmp_path):
+  builder = _bad_examples(tmp_path, 'label_values')
+  decode = datasets.decoder(synthetic_scenes)
+  stored = builder.as_dataset(split='train').filter(lambda ex: ex['file_name'] == 'good.jpg')
+  [(example, (image, label))] = tfds.as_numpy(stored.map(lambda ex: (ex, decode(ex))))
+  np.testing.assert_array_equal(image, example['image'])
+  np.testing.assert_array_equal(label, example['segmentation_mask'])
+  assert label[0, 0, 0] == 255
+
+
+def test_cityscapes_labels_are_checked_after_mapping_ids_to_train_ids():
+  label_ids = np.full((4, 6, 1), 33, np.uint8)  # bicycle's id: 33 >= 19, train id 18
+  label_ids[0, 0] = 0  # unlabeled -> 255
+  example = {'image_left': tf.zeros((4, 6, 3), tf.uint8), 'segmentation_label': label_ids,
+             'image_id': tf.constant('aachen_000000_000019')}
+  _, label = datasets.decoder(cityscapes)(example)
+  assert label.numpy()[0, 0, 0] == 255 and (label.numpy()[1:] == 18).all()
+  example['image_left'] = tf.zeros((4, 5, 3), tf.uint8)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'aachen_000000_000019: label size \[4 6\] differs'):
+    datasets.decoder(cityscapes)(example)
+
+
+def test_corrupt_image_names_the_file_not_a_bare_decode_error(tmp_path):
+  builder = _bad_examples(tmp_path, 'corrupt_image')
+  for name, read in _readers(builder).items():
+    split = 'validation' if name == 'evaluate' else 'train'
+    with pytest.raises(ValueError, match=(
+        rf'bad_examples/corrupt_image/1\.0\.0 {split}: 4 stored image\(s\) do not decode: '
+        r'bad_0\.jpg \(image\), bad_1\.jpg \(image\), bad_2\.jpg \(image\), bad_3\.jpg '
+        r'\(image\)\. Replace the damaged')) as error:
+      read()
+    assert isinstance(error.value.__cause__, tf.errors.InvalidArgumentError)
+
+
+def _write_cityscapes_archives(manual_dir, corrupt):
+  """The two official zips: 4 train frames (one per simulated device), 1 val, 1 test frame;
+  the image of frame `corrupt` is cut short."""
+  manual_dir.mkdir(parents=True)
+  with zipfile.ZipFile(manual_dir / cityscapes.MANUAL_ARCHIVES[0], 'w') as images, \
+       zipfile.ZipFile(manual_dir / cityscapes.MANUAL_ARCHIVES[1], 'w') as labels:
+    for k, split in enumerate(('train',) * 4 + ('val', 'test')):
+      image, label = fake_frame(k)
+      stem = f'aachen_{k:06d}_000019'
+      png = tf.io.encode_png(image).numpy()
+      images.writestr(f'leftImg8bit/{split}/aachen/{stem}_leftImg8bit.png',
+                      png[:len(png) // 2] if k == corrupt else png)
+      labels.writestr(f'gtFine/{split}/aachen/{stem}_gtFine_labelIds.png',
+                      tf.io.encode_png(label).numpy())
+
+
+def test_corrupt_image_stops_training_naming_the_file(tmp_path):
+  # TFDS's Cityscapes builder stores the PNGs as they come; training is the first to decode.
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  config.dataset.name = cityscapes.TFDS_NAME
+  config.model.num_classes = 19
+  _write_cityscapes_archives(tmp_path / 'tfds' / 'downloads' / 'manual', corrupt=0)
+  with pytest.raises(ValueError, match=r'cityscapes/semantic_segmentation/1\.0\.0 train: 1 stored '
+                     r'image\(s\) do not decode: aachen_000000_000019 \(image_left\)'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+
+
+# ------------------------------------------------------------ checkpoints of another model
+
+
+def test_resuming_a_workdir_of_another_model_lists_the_shapes(tmp_path):
+  workdir = str(tmp_path / 'workdir')
+  trained = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  learning_rate_fn = train_lib.optimizer.create_learning_rate_fn(trained.optimizer, 2)
+  tx = train_lib.optimizer.create_optimizer(trained.optimizer, learning_rate_fn)
+  shapes = jax.eval_shape(lambda: train_lib.create_train_state(
+      train_lib.build_model(trained.model), tx, jax.random.PRNGKey(0), (1, 32, 32, 3)))
+  state = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), shapes)  # no compile
+  latest, _ = train_lib._checkpoint_managers(workdir, trained)  # pylint: disable=protected-access
+  train_lib._save(latest, 1, jax_utils.replicate(state))  # pylint: disable=protected-access
+  latest.wait_until_finished()
+  (tmp_path / 'workdir' / 'config.json').write_text(trained.to_json_best_effort())
+  other = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  other.model.channels = 16  # tiny_config's PSP head has 8
+
+  with pytest.raises(ValueError, match=(
+      rf'The checkpoint to resume, {re.escape(workdir)}/checkpoints \(step 1\), does not fit '
+      r'the model config\.model builds \(6 arrays\):\n(.*\n)*  '
+      r'params/decode_head/conv_seg/kernel: checkpoint \(1, 1, 8, 8\), model \(1, 1, 16, 8\)\n'
+      r'(.*\n)*Train with the config in its config\.json')):
+    train_lib.train_and_evaluate(other, workdir)
+  # Found before the run wrote anything: the config it was trained with is still there.
+  assert json.loads((tmp_path / 'workdir' / 'config.json').read_text())['model']['channels'] == 8
+
+
+def test_evaluate_with_a_checkpoint_of_another_model_lists_the_shapes(tmp_path):
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  variables = train_lib.variable_shapes(config.model)
+  variables = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), variables)
+  path = checkpoint.save_variables(tmp_path / 'converted', variables)
+  status, stderr = _run_script(
+      'evaluate.py', '--config=tests/tiny_config.py', '--config.model.channels=16',
+      f'--config.dataset.data_dir={tmp_path / "tfds"}',
+      f'--checkpoint={path}')
+  assert status == 1
+  assert f'ValueError: {path} does not fit the model config.model builds (6 arrays):' in stderr
+  assert ('params/decode_head/conv_seg/kernel: checkpoint (1, 1, 8, 8), model (1, 1, 16, 8)'
+          in stderr)
+  assert not (tmp_path / 'tfds').exists()  # stopped before reading any data
+
+
+# ------------------------------------------------------------------ workdir and devices
+
+
+@pytest.mark.parametrize('where', ['is_a_file', 'below_a_file'])
+def test_workdir_that_cannot_be_written_is_named(tmp_path, where):
+  (tmp_path / 'file').write_text('')
+  workdir = tmp_path / 'file' if where == 'is_a_file' else tmp_path / 'file' / 'run'
+  with pytest.raises(OSError, match=rf'--workdir={re.escape(str(workdir))} is not a writable '
+                     r'folder \(.*\): checkpoints, TensorBoard logs and config\.json go '
+                     r'there') as error:
+    train_lib.train_and_evaluate(tiny_config(str(tmp_path / 'tfds'), steps=2), str(workdir))
+  assert error.type is OSError  # ours, not the bare FileExistsError / NotADirectoryError
+  assert not (tmp_path / 'tfds').exists()  # before any dataset work
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes to read-only folders')
+def test_read_only_workdir_is_named(tmp_path):
+  workdir = tmp_path / 'read_only'
+  workdir.mkdir(mode=0o500)
+  with pytest.raises(OSError, match=rf'--workdir={re.escape(str(workdir))} is not a writable '
+                     r'folder \(Permission denied\)'):
+    train_lib.train_and_evaluate(tiny_config(str(tmp_path / 'tfds'), steps=2), str(workdir))
+
+
+def test_batch_size_not_divisible_by_the_devices_fails_before_any_work(tmp_path):
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  config.batch_size = 6
+  assert jax.device_count() == 4  # tests/conftest.py
+  with pytest.raises(ValueError, match=r'config\.batch_size=6 must be divisible by the 4 devices'):
+    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  assert not (tmp_path / 'workdir').exists() and not (tmp_path / 'tfds').exists()
