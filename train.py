@@ -2,7 +2,7 @@
 
 Any config field can be overridden, e.g. `--config.batch_size=8`. Rerunning with
 the same --workdir resumes from its latest checkpoint. On a TPU pod or several GPU
-hosts, run the same command on every host with --multiprocess.
+hosts, run the same command on every host with --multiprocess (README: "Running at scale").
 """
 
 import logging as std_logging
@@ -11,12 +11,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psp_jax import input_pipeline, train_lib
+from psp_jax import config_check, input_pipeline, train_lib
 
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard logs.')
-flags.DEFINE_bool('multiprocess', False, 'Call jax.distributed.initialize() (TPU pods, '
-                  'SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).')
+flags.DEFINE_bool('multiprocess', False, 'Call jax.distributed.initialize(): one process per '
+                  'host (TPU pods, SLURM and Kubernetes are detected; elsewhere give the three '
+                  'flags below).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for --multiprocess.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes, for --multiprocess.')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1, for --multiprocess.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -32,11 +36,11 @@ def main(argv):
   logging.get_absl_handler().addFilter(_not_orbax_info)
   input_pipeline.hide_accelerators_from_tf()
   if FLAGS.multiprocess:
-    jax.distributed.initialize()
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -18,8 +19,9 @@ from flax import jax_utils, serialization, traverse_util
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from psp_jax import (checkpoint, datasets, evaluation, inference, input_pipeline, losses,
-                     optimizer, visualize)
+from psp_jax import (checkpoint, config_check, datasets, evaluation, inference, input_pipeline,
+                     losses, optimizer, resumable_iterator, visualize)
+from psp_jax.preemption import PreemptionWatch
 from psp_jax.models.pspnet import PSPNet, build_model
 
 
@@ -68,6 +70,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
     grads = jax.lax.pmean(grads, axis_name)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   metrics['learning_rate'] = learning_rate_fn(state.step)
+  metrics['grad_norm'] = optax.global_norm(grads)
   return new_state, metrics
 
 
@@ -85,11 +88,13 @@ def _checkpoint_managers(workdir: str, config) -> tuple[ocp.CheckpointManager, o
   """The last `keep_checkpoints` every `checkpoint_every_steps`, and the best by validation mIoU."""
   latest = ocp.CheckpointManager(
       os.path.join(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+      item_handlers=ocp.StandardCheckpointHandler())
   best = ocp.CheckpointManager(
       os.path.join(workdir, 'best'),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m['mIoU'],
-                                           best_mode='max', create=True))
+                                           best_mode='max', create=True),
+      item_handlers=ocp.StandardCheckpointHandler())
   return latest, best
 
 
@@ -114,17 +119,50 @@ def init_variables_from(state: TrainState, path: str) -> TrainState:
   A converted ImageNet backbone replaces only `backbone`; a full PSPNet checkpoint
   replaces everything. Any key the model lacks, or any shape that differs, is an error.
   """
-  loaded = traverse_util.flatten_dict(checkpoint.load_variables(path))
-  current = traverse_util.flatten_dict({'params': state.params, 'batch_stats': state.batch_stats})
-  problems = [f'{"/".join(k)}: checkpoint {np.shape(v)}, model '
-              f'{current[k].shape if k in current else "missing"}'
-              for k, v in loaded.items() if k not in current or np.shape(v) != current[k].shape]
-  if problems:
-    raise ValueError(f'config.init_from={path} does not fit the model:\n  ' + '\n  '.join(problems))
+  loaded = checkpoint.load_variables(path)
+  current = {'params': state.params, 'batch_stats': state.batch_stats}
+  checkpoint.check_fits(loaded, current, f'config.init_from={path}', partial=True)
+  loaded = traverse_util.flatten_dict(loaded)
+  current = traverse_util.flatten_dict(current)
   current.update({k: jnp.asarray(v, current[k].dtype) for k, v in loaded.items()})
   variables = traverse_util.unflatten_dict(current)
   logging.info('Initialised %d of %d arrays from %s', len(loaded), len(current), path)
   return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+
+
+def variable_shapes(model_config: ml_collections.ConfigDict) -> Any:
+  """{'params', 'batch_stats'} of the model config.model builds, as shapes: traced, not run."""
+  image = jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32)  # variables do not depend on it
+  return jax.eval_shape(build_model(model_config).init, jax.random.PRNGKey(0), image)
+
+
+def check_resumable(manager: ocp.CheckpointManager, model_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError, listing the shapes, if `manager`'s latest checkpoint is of another model.
+
+  Reads the checkpoint's metadata only, so resuming with the wrong config fails in seconds,
+  before anything compiles and before the workdir's config.json is overwritten. Takes the
+  loop's own manager: with several processes, every one must make the same Orbax calls.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return
+  saved = manager.item_metadata(step)
+  checkpoint.check_fits({key: saved[key] for key in ('params', 'batch_stats')},
+                        variable_shapes(model_config),
+                        f'The checkpoint to resume, {manager.directory} (step {step}),',
+                        fix='Train with the config in its config.json, or in another --workdir.')
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir`; an OSError naming it if a file cannot be written there."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as error:
+    raise OSError(f'--workdir={workdir} is not a writable folder ({error.strerror or error}): '
+                  'checkpoints, TensorBoard logs and config.json go there. Pick another '
+                  '--workdir, or make this one writable.') from error
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -143,7 +181,8 @@ class PredictionPreview:
     decode = datasets.decoder(dataset_module)
     count = config.get('num_preview_images', 3)
     split = builder.as_dataset(split=config.dataset.eval_split).take(count).map(decode)
-    self.examples = list(tfds.as_numpy(split)) if count else []
+    self.examples = list(datasets.name_corrupt_images(
+        tfds.as_numpy(split), builder, config.dataset.eval_split)) if count else []
     self.predictor = inference.Predictor(model, None, size_divisor=config.test.size_divisor)
     self.test, self.palette = config.test, dataset_module.PALETTE
 
@@ -159,6 +198,43 @@ class PredictionPreview:
     return panels
 
 
+def check_finite(pending: list, manager: ocp.CheckpointManager) -> None:
+  """Raises FloatingPointError at the first step of `pending` whose loss or gradient is not finite.
+
+  `pending` holds (step, metrics) of the steps not checked yet, and is emptied. The loop
+  checks before every checkpoint, so a poisoned state is never saved.
+  """
+  for step, metrics in jax.device_get(pending):
+    for name in ('loss', 'aux_loss', 'grad_norm'):
+      if name in metrics and not np.all(np.isfinite(metrics[name])):
+        raise FloatingPointError(
+            f'Step {step}: train/{name} is {np.ravel(metrics[name])[0]}. Stopped without '
+            f'saving; the last good checkpoint is step {manager.latest_step()} in '
+            f'{manager.directory}. Lower config.optimizer.learning_rate or check the data, '
+            'then rerun to resume from it.')
+  pending.clear()
+
+
+def _train_batches(config, builder, decode, per_device_batch: int, workdir: str,
+                   start_step: int) -> resumable_iterator.ResumableIterator:
+  """The training stream, at the position saved with checkpoint `start_step` when resuming."""
+  def stream(seed):
+    dataset = input_pipeline.create_split(
+        builder, config.dataset.train_split, config.augment, per_device_batch, train=True,
+        seed=seed, decode=decode)
+    return resumable_iterator.ResumableIterator(dataset, os.path.join(workdir, 'data_state'))
+
+  batches = stream(config.seed)
+  if start_step and not batches.restore(start_step):
+    # A checkpoint without a saved position (older psp_jax): a fresh, seeded stream
+    # rather than replaying the first examples.
+    logging.warning('No data stream position saved with step %d: continuing with a new '
+                    'stream; the run will not be bit-identical to an uninterrupted one.',
+                    start_step)
+    batches = stream(config.seed + start_step)
+  return batches
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last eval.
 
@@ -166,15 +242,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   devices with the pmapped step. Checkpoints go to `workdir/checkpoints` (last k) and
   `workdir/best` (best validation mIoU), metrics to TensorBoard files in `workdir`.
   """
+  # Bad input fails here, in seconds, before any data or model work.
+  config_check.check_config(config)
+  if config.batch_size % jax.device_count():
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
+                     f'{jax.device_count()} devices.')
+  datasets.check_prepared(config.dataset)
   workdir = os.path.abspath(workdir)  # Orbax writes to absolute paths only
-  os.makedirs(workdir, exist_ok=True)
+  check_writable(workdir)
+  latest, best = _checkpoint_managers(workdir, config)
+  check_resumable(latest, config.model)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
-  if config.batch_size % jax.device_count():
-    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
-                     f'{jax.device_count()} devices.')
   per_device_batch = config.batch_size // jax.device_count()
 
   dataset_module = datasets.dataset_module(config.dataset.name)
@@ -183,6 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
       builder.download_and_prepare()
     multihost_utils.sync_global_devices('dataset prepared')
+    # A builder made before the data existed does not read it afterwards: make it again.
+    builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
     builder.download_and_prepare()
   decode = datasets.decoder(dataset_module)
 
@@ -192,7 +275,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = optimizer.create_optimizer(config.optimizer, learning_rate_fn)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed),
                              (1, *config.augment.crop_size, 3))
-  latest, best = _checkpoint_managers(workdir, config)
   if latest.latest_step() is not None:
     state = restore_state(latest, state)
     logging.info('Resumed from %s at step %d', latest.directory, int(state.step))
@@ -201,11 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start_step = int(state.step)
   state = jax_utils.replicate(state)
 
-  # A resumed run continues with a fresh, seeded stream instead of replaying the first examples.
-  train_ds = input_pipeline.create_split(
-      builder, config.dataset.train_split, config.augment, per_device_batch, train=True,
-      seed=config.seed + start_step, decode=decode)
-  train_iter = jax_utils.prefetch_to_device(iter(tfds.as_numpy(train_ds)), 2)
+  train_iter = _train_batches(config, builder, decode, per_device_batch, workdir, start_step)
+  batches = datasets.name_corrupt_images(train_iter, builder, config.dataset.train_split)
   p_train_step = pmapped_train_step(
       learning_rate_fn, aux_weight=config.aux_weight, loss_average=config.loss_average,
       align_corners=config.model.align_corners)
@@ -222,31 +301,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  metrics['mAcc'], metrics['aAcc'])
     return metrics
 
+  def save(step):
+    """The data stream's position, then the state (Orbax commits it last, atomically)."""
+    check_finite(unchecked, latest)
+    train_iter.save(step)
+    _save(latest, step, state)
+    train_iter.prune(latest.all_steps())
+
   logging.info('Training %s for %d steps from step %d, global batch %d on %d devices.',
                config.dataset.name, total_steps, start_step, config.batch_size, jax.device_count())
-  history, metrics, last_log = [], {}, (start_step, time.time())
-  for step in range(start_step + 1, total_steps + 1):
-    state, step_metrics = p_train_step(state, next(train_iter))
-    history.append(step_metrics)
-    if step % config.log_every_steps == 0 or step == total_steps:
-      summary = {f'train/{k}': v for k, v in _mean_metrics(history).items()}
-      elapsed = time.time() - last_log[1]
-      steps_per_sec = (step - last_log[0]) / elapsed
-      summary['train/images_per_sec'] = steps_per_sec * config.batch_size
-      writer.write_scalars(step, summary)
-      eta = (total_steps - step) / steps_per_sec
-      logging.info('step %d/%d (%.0f%%)  loss %.4f  aux %.4f  acc %.3f  lr %.2e  '
-                   '%.1f img/s  ETA %dm%02ds', step, total_steps, 100 * step / total_steps,
-                   summary['train/loss'], summary['train/aux_loss'],
-                   summary['train/pixel_accuracy'], summary['train/learning_rate'],
-                   summary['train/images_per_sec'], eta // 60, eta % 60)
-      history, last_log = [], (step, time.time())
-    is_last = step == total_steps
-    if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
-      metrics = run_eval(step)
-      _save(best, step, state, metrics={'mIoU': metrics['mIoU']})
-    if step % config.checkpoint_every_steps == 0 or is_last:
-      _save(latest, step, state)
+  preemption = PreemptionWatch()
+  history, unchecked, metrics = [], [], {}
+  last_log = (start_step, time.time())
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, step_metrics = p_train_step(state, next(batches))
+      history.append(step_metrics)
+      unchecked.append((step, step_metrics))
+      if step % config.log_every_steps == 0 or step == total_steps:
+        check_finite(unchecked, latest)
+        summary = {f'train/{k}': v for k, v in _mean_metrics(history).items()}
+        elapsed = time.time() - last_log[1]
+        steps_per_sec = (step - last_log[0]) / elapsed
+        summary['train/images_per_sec'] = steps_per_sec * config.batch_size
+        writer.write_scalars(step, summary)
+        eta = (total_steps - step) / steps_per_sec
+        logging.info('step %d/%d (%.0f%%)  loss %.4f  aux %.4f  acc %.3f  lr %.2e  '
+                     '%.1f img/s  ETA %dm%02ds', step, total_steps, 100 * step / total_steps,
+                     summary['train/loss'], summary['train/aux_loss'],
+                     summary['train/pixel_accuracy'], summary['train/learning_rate'],
+                     summary['train/images_per_sec'], eta // 60, eta % 60)
+        history, last_log = [], (step, time.time())
+      is_last = step == total_steps
+      if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
+        check_finite(unchecked, latest)
+        metrics = run_eval(step)
+        _save(best, step, state, metrics={'mIoU': metrics['mIoU']})
+      if preemption.reached(step):
+        save(step)
+        logging.warning('Preempted (SIGTERM): saved step %d in %s; rerun the same command to '
+                        'resume.', step, latest.directory)
+        break
+      if step % config.checkpoint_every_steps == 0 or is_last:
+        save(step)
+  finally:
+    preemption.close()
   latest.wait_until_finished()
   best.wait_until_finished()
   writer.flush()
