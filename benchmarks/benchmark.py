@@ -2,12 +2,16 @@ r"""psp_jax vs mmsegmentation's own PSPNet R50-D8 (150 classes), side by side in
 
   python benchmarks/benchmark.py --eval_batches=1 --train_batch=2 --train_crop=256 \
       --out=benchmarks/cpu.json [--peak_tflops=989] [--dtype=bfloat16] [--skip_mmseg]
+  python benchmarks/benchmark.py --max_batch --train_crop=512 --dtype=bfloat16 --skip_mmseg
 
 Rows: eval forward (whole image, logits at input size) and a train step (forward +
 backward + SGD update, main + 0.4 aux loss). Each row times psp_jax and mmseg alternately
 (A/B, warm-ups excluded) and reports medians and their ratio, plus psp_jax's compile
 time, XLA's FLOP count, achieved TFLOP/s and MFU against --peak_tflops, and peak memory
 (host RSS on CPU, device peak on GPU). Synthetic input only: no TFDS needed.
+--max_batch instead finds the largest per-device train batch that runs at --train_crop,
+without and with `remat` on the backbone stages (meant for a GPU: it stops at the first
+out-of-memory error, which a CPU host reaches only after swapping).
 """
 
 import argparse
@@ -105,6 +109,28 @@ def _mmseg_runs(batch, size, train_batch, train_size, num_classes):
   return evaluate, train
 
 
+def _fits(model, batch, size, num_classes) -> bool:
+  try:
+    run, _, _ = _jax_train(model, batch, size, num_classes)
+    run()
+    return True
+  except Exception as error:  # pylint: disable=broad-except
+    if 'RESOURCE_EXHAUSTED' in str(error) or 'out of memory' in str(error).lower():
+      return False
+    raise
+
+
+def _max_batch(model, size, num_classes, limit=1024) -> int:
+  """Largest batch that trains: doubling until it fails, then bisecting."""
+  low, high = 0, 1
+  while high <= limit and _fits(model, high, size, num_classes):
+    low, high = high, high * 2
+  while high - low > 1:
+    middle = (low + high) // 2
+    low, high = (middle, high) if _fits(model, middle, size, num_classes) else (low, middle)
+  return low
+
+
 def _ab(ours, theirs, iters, warmup):
   """Alternates the two callables; medians of the timed (post-warm-up) calls, in seconds."""
   times = {'ours': [], 'theirs': []}
@@ -132,12 +158,20 @@ def main():
                       help='device peak for MFU (e.g. 989 for H100 SXM bf16 dense)')
   parser.add_argument('--skip_mmseg', action='store_true')
   parser.add_argument('--out', default=None, help='JSON file for the table')
+  parser.add_argument('--max_batch', action='store_true',
+                      help='find the largest train batch at --train_crop, without/with remat')
   args = parser.parse_args()
 
   num_classes = 150
   config = ade20k.get_model_config()
   config.dtype = args.dtype
   model = build_model(config)
+  if args.max_batch:
+    print(f'{jax.devices()[0].device_kind}, dtype {args.dtype}, train crop {args.train_crop}')
+    for remat in (False, True):
+      print(f'remat={remat}: largest batch',
+            _max_batch(build_model(config, remat=remat), args.train_crop, num_classes))
+    return
   variables = jax.jit(model.init)(jax.random.PRNGKey(0),
                                   jnp.zeros((1, args.eval_size, args.eval_size, 3)))
   mmseg_eval = mmseg_train = None
