@@ -108,12 +108,16 @@ def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float
   decode = datasets.decoder(module)
   test, model = config.test, build_model(config.model)
   total = builder.info.splits[split].num_examples
+
+  def read(part):
+    """(image, label) pairs of `part` (all of `split`, or this process's share of it)."""
+    return datasets.name_corrupt_images(
+        tfds.as_numpy(builder.as_dataset(split=part).map(decode)), builder, split)
+
   if test.mode == 'whole' and tuple(test.scales) == (1.0,) and not test.flip and (
       test.size_divisor):
     # Sharded over processes, spread over local devices, confusion summed on device.
-    process_split = tfds.split_for_jax_process(split, drop_remainder=False)
-    examples = datasets.name_corrupt_images(
-        tfds.as_numpy(builder.as_dataset(split=process_split).map(decode)), builder, split)
+    examples = read(tfds.split_for_jax_process(split, drop_remainder=False))
     evaluator = BucketedEvaluator(model, variables, config.model.num_classes,
                                   test.size_divisor, test.resize, test.test_scale,
                                   test.base_size)
@@ -128,8 +132,7 @@ def evaluate_config(config, variables: Any, split: str) -> tuple[dict[str, float
     logging.info('%d shape buckets compiled in all', len(evaluator.buckets))
   else:  # sliding windows or test-time augmentation: one image at a time
     predictor = inference.predictor_for_test(model, variables, test)
-    examples = datasets.name_corrupt_images(
-        tfds.as_numpy(builder.as_dataset(split=split).map(decode)), builder, split)
+    examples = read(split)
     metrics = evaluate_images(
         predictor, examples, num_classes=config.model.num_classes,
         class_names=module.CLASS_NAMES, total=total, scales=test.scales, flip=test.flip,

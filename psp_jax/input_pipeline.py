@@ -342,18 +342,17 @@ def create_split(builder, split: str, config: Mapping[str, Any], per_device_batc
   """
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from psp_jax import datasets  # pylint: disable=g-import-not-at-top
   hide_accelerators_from_tf()
   features = builder.info.features
-  images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+  images = datasets.image_features(builder)
   skip_decoding = {k: tfds.decode.SkipDecoding() for k in images}
+  read = decode or datasets.read_example
 
   def prepare(example_seed, example):
     example = {k: features[k].decode_example(v) if k in images else v
                for k, v in example.items()}
-    if decode is None:
-      image, label = example['image'], example['segmentation_mask']
-    else:
-      image, label = decode(example)
+    image, label = read(example)
     image = tf.ensure_shape(image, [None, None, 3])
     if train:
       image, label = augment(image, label, example_seed, config)

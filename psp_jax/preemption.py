@@ -19,8 +19,9 @@ class PreemptionWatch:
   def __init__(self):
     self._multiprocess = jax.process_count() > 1
     self._notice = threading.Event()
+    self._previous = None  # the SIGTERM handler ours replaced, when we installed one
     if not self._multiprocess and threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
   def _on_sigterm(self, signum, frame):
     del signum, frame
@@ -33,6 +34,6 @@ class PreemptionWatch:
     return self._notice.is_set()
 
   def close(self) -> None:
-    """Gives SIGTERM back its default meaning (terminate) once the loop is over."""
-    if not self._multiprocess and threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """Gives SIGTERM back its former handler (terminate, in train.py) once the loop is over."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

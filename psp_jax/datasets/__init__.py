@@ -132,6 +132,12 @@ def check_prepared(dataset) -> None:
       + instructions)
 
 
+def image_features(builder: tfds.core.DatasetBuilder) -> list[str]:
+  """The keys of `builder`'s image features (images and label maps): those TFDS decodes."""
+  return [key for key, feature in builder.info.features.items()
+          if isinstance(feature, tfds.features.Image)]
+
+
 def corrupt_images(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
   """'<file name> (<feature>)' of every image or label map in `split` that does not decode.
 
@@ -139,7 +145,7 @@ def corrupt_images(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
   one at a time, so a failure can be pinned on its example: slow, for the error path only.
   """
   features = builder.info.features
-  images = [key for key, feature in features.items() if isinstance(feature, tfds.features.Image)]
+  images = image_features(builder)
   stored = builder.as_dataset(split=split, decoders={key: tfds.decode.SkipDecoding()
                                                      for key in images})
   corrupt = []
