@@ -85,15 +85,21 @@ def pmapped_train_step(learning_rate_fn, **kwargs):
 
 
 def _checkpoint_managers(workdir: str, config) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
-  """The last `keep_checkpoints` every `checkpoint_every_steps`, and the best by validation mIoU."""
+  """The last `keep_checkpoints` every `checkpoint_every_steps`, and the best by validation mIoU.
+
+  Saves are synchronous: with several processes, Orbax's background commit threads met the
+  processes' shutdown barrier in an order that aborted 2-process runs now and then.
+  """
   latest = ocp.CheckpointManager(
       os.path.join(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                           enable_async_checkpointing=False),
       item_handlers=ocp.StandardCheckpointHandler())
   best = ocp.CheckpointManager(
       os.path.join(workdir, 'best'),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m['mIoU'],
-                                           best_mode='max', create=True),
+                                           best_mode='max', create=True,
+                                           enable_async_checkpointing=False),
       item_handlers=ocp.StandardCheckpointHandler())
   return latest, best
 
