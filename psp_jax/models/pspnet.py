@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from psp_jax.models import resample
-from psp_jax.models.resnet import DilatedResNet, batch_norm, conv_general_dilated, conv_init
+from psp_jax.models.conv import conv_general_dilated
+from psp_jax.models.resnet import DilatedResNet, batch_norm, conv_init
 
 # mmseg's decode heads initialise the classifier with N(0, 0.01) and a zero bias.
 classifier_init = nn.initializers.normal(0.01)
