@@ -16,6 +16,15 @@ import numpy as np
 import tensorflow as tf
 
 
+def saved(directory: str, step: int) -> bool:
+  """Whether this process's stream position at `step` was saved in `directory`."""
+  return os.path.isdir(_path(directory, step))
+
+
+def _path(directory: str, step: int) -> str:
+  return os.path.join(directory, str(step), f'process_{jax.process_index()}')
+
+
 class ResumableIterator:
   """Host (numpy) batches of `dataset`, with `save(step)` / `restore(step)` of its position.
 
@@ -35,11 +44,8 @@ class ResumableIterator:
   def __next__(self):
     return jax.tree_util.tree_map(np.asarray, next(self._iterator))
 
-  def _path(self, step: int) -> str:
-    return os.path.join(self.directory, str(step), f'process_{jax.process_index()}')
-
   def save(self, step: int) -> None:
-    final = self._path(step)
+    final = _path(self.directory, step)
     temporary = final + '.tmp'
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
@@ -49,8 +55,8 @@ class ResumableIterator:
 
   def restore(self, step: int) -> bool:
     """Moves to the position saved at `step`; False (and unchanged) if none was saved."""
-    path = self._path(step)
-    if not os.path.isdir(path):
+    path = _path(self.directory, step)
+    if not saved(self.directory, step):
       return False
     self._checkpoint.read(os.path.join(path, 'iterator')).assert_consumed()
     return True

@@ -224,20 +224,20 @@ def check_finite(pending: list, manager: ocp.CheckpointManager) -> None:
 def _train_batches(config, builder, decode, per_device_batch: int, workdir: str,
                    start_step: int) -> resumable_iterator.ResumableIterator:
   """The training stream, at the position saved with checkpoint `start_step` when resuming."""
-  def stream(seed):
-    dataset = input_pipeline.create_split(
-        builder, config.dataset.train_split, config.augment, per_device_batch, train=True,
-        seed=seed, decode=decode)
-    return resumable_iterator.ResumableIterator(dataset, os.path.join(workdir, 'data_state'))
-
-  batches = stream(config.seed)
-  if start_step and not batches.restore(start_step):
+  directory = os.path.join(workdir, 'data_state')
+  resume = start_step > 0 and resumable_iterator.saved(directory, start_step)
+  if start_step and not resume:
     # A checkpoint without a saved position (older psp_jax): a fresh, seeded stream
     # rather than replaying the first examples.
     logging.warning('No data stream position saved with step %d: continuing with a new '
                     'stream; the run will not be bit-identical to an uninterrupted one.',
                     start_step)
-    batches = stream(config.seed + start_step)
+  dataset = input_pipeline.create_split(
+      builder, config.dataset.train_split, config.augment, per_device_batch, train=True,
+      seed=config.seed if resume else config.seed + start_step, decode=decode)
+  batches = resumable_iterator.ResumableIterator(dataset, directory)
+  if resume:
+    batches.restore(start_step)
   return batches
 
 
