@@ -63,16 +63,25 @@ def test_grouped_and_string_padding_fall_back_to_lax():
   np.testing.assert_array_equal(got, want)
 
 
-def test_wide_same_padded_3x3_runs_winograd_and_matches_lax():
-  """2048 input channels take the Winograd forward on CPU; values and gradients agree."""
+@pytest.mark.parametrize('dilation', [1, 2])
+def test_wide_same_padded_3x3_runs_winograd_both_ways_and_matches_lax(dilation):
+  """256+ channels each side take Winograd on CPU, forward and input gradient alike."""
   rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.standard_normal((1, 5, 6, 2048)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((3, 3, 2048, 4)) * 0.02, jnp.float32)
-  ours, theirs = _convs(3, (1, 1), ((1, 1), (1, 1)), (1, 1))
+  x = jnp.asarray(rng.standard_normal((1, 7, 6, 256)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 256, 384)) * 0.02, jnp.float32)
+  ours, theirs = _convs(3, (1, 1), ((dilation, dilation),) * 2, (dilation, dilation))
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w) ** 2)
   if jax.default_backend() == 'cpu':
-    assert 'conv_general_dilated' not in str(jax.make_jaxpr(ours)(x, w))
+    assert 'conv_general_dilated' not in str(jax.make_jaxpr(jax.grad(loss(ours), (0, 1)))(x, w))
   want = theirs(x, w)
   np.testing.assert_allclose(ours(x, w), want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
-  loss = lambda f: lambda x, w: jnp.sum(f(x, w) ** 2)
   for got, want in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(theirs), (0, 1))(x, w)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_narrow_side_keeps_the_direct_convolution():
+  """2048 -> 4 channels: too few outputs for the transforms to pay, so lax's conv runs."""
+  x = jnp.ones((1, 5, 6, 2048))
+  w = jnp.ones((3, 3, 2048, 4))
+  ours, _ = _convs(3, (1, 1), ((1, 1), (1, 1)), (1, 1))
+  assert 'conv_general_dilated' in str(jax.make_jaxpr(ours)(x, w))

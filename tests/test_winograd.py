@@ -42,6 +42,18 @@ def test_gradients_match_direct_convolution():
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize('shape,dilation', [((2, 8, 8, 5), 1), ((1, 13, 10, 4), 2),
+                                            ((1, 17, 11, 6), 4)])
+def test_transposed_kernel_is_the_input_gradient(shape, dilation):
+  rng = np.random.default_rng(sum(shape))
+  x = jnp.zeros(shape, jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 7)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal(shape[:-1] + (7,)), jnp.float32)
+  (want,) = jax.vjp(lambda x: _direct(x, kernel, dilation), x)[1](cotangent)
+  got = winograd.conv3x3(cotangent, kernel, dilation, transpose_kernel=True)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
 def test_rounding_stays_near_float32_on_wide_inputs():
   """2048 input channels, as PSPHead's bottleneck: the error bound the docstring states."""
   rng = np.random.default_rng(1)
