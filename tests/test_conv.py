@@ -42,6 +42,20 @@ def test_values_and_gradients_match_lax(kernel, strides, padding, dilation):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize('kernel,strides', [(1, (1, 1)), (3, (2, 2))])
+def test_kernel_gradient_with_more_outputs_than_inputs(kernel, strides):
+  """The window is then the dot's left operand (see conv._kernel_grad)."""
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.standard_normal((2, 9, 10, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 11)), jnp.float32)
+  padding = ((kernel // 2,) * 2,) * 2
+  ours, theirs = _convs(kernel, strides, padding, (1, 1))
+  cotangent = jnp.asarray(rng.standard_normal(theirs(x, w).shape), jnp.float32)
+  got = jax.grad(lambda w: jnp.sum(ours(x, w) * cotangent))(w)
+  want = jax.grad(lambda w: jnp.sum(theirs(x, w) * cotangent))(w)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 def test_bfloat16_gradient_keeps_dtypes_and_accumulates_in_float32():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 16, 16, 32)), jnp.bfloat16)

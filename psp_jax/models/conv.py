@@ -8,12 +8,12 @@ rewritten; anything else goes to lax unchanged. Measured on 2 cores (benchmarks/
   for 2048->512 channels at 64x64); a strided 1x1 conv reads every stride-th pixel,
   so slicing first gives the same result.
 - On CPU, other kernel gradients are dots, one per tap, each contracting the output
-  gradient (as the left operand) with the input window the tap sees, over batch and
-  space. XLA:CPU lowers the kernel gradient of a convolution to a convolution with
-  batch and features swapped, 2-3x slower than the dots (3x3 2048->512 at 64x64:
-  2.04 s vs 0.71 s). With the input window on the left, XLA transposed it for the
-  dot and recomputed the residual stream's BatchNorm/ReLU chain inside every
-  transpose (up to 150 ms each); the output gradient on the left is transposed once.
+  gradient with the input window the tap sees, over batch and space. XLA:CPU lowers
+  the kernel gradient of a convolution to a convolution with batch and features
+  swapped, 2-3x slower than the dots (3x3 2048->512 at 64x64: 2.04 s vs 0.71 s).
+  XLA copies the dot's left operand transposed and fuses its producer into the copy
+  (for the input window, the residual stream's BatchNorm/ReLU chain, up to 150 ms
+  per copy); `_kernel_grad` picks the operand that is cheaper to copy.
   Input gradients stay XLA's own, except for the Winograd ones below.
 - On CPU, same-padded stride-1 3x3 convolutions with 256 or more channels on each
   side (stages 3 and 4, both heads' 3x3 convolutions) run as Winograd F(2x2, 3x3)
@@ -116,7 +116,17 @@ def _backward(strides, padding, dilation, precision, preferred_element_type, res
 
 
 def _kernel_grad(grad, window, precision):
-  """[C, O] = window^T grad over batch and space, with the output gradient on the left."""
+  """[C, O] = window^T grad over batch and space, the narrower operand on the left.
+
+  XLA:CPU copies the left operand transposed for the dot, fusing into the copy
+  whatever computes that operand: the narrower one is the cheaper copy (a
+  bottleneck's 512->2048 conv3: train step 4.53 s vs 4.92 s with the gradient on
+  the left). At equal widths the gradient goes left, as its producer is a single
+  fusion where the window's is the residual stream's BatchNorm/ReLU chain.
+  """
+  if window.shape[-1] < grad.shape[-1]:
+    return jnp.einsum('bhwc,bhwo->co', window, grad, precision=precision,
+                      preferred_element_type=jnp.float32)
   return jnp.einsum('bhwo,bhwc->oc', grad, window, precision=precision,
                     preferred_element_type=jnp.float32).T
 
