@@ -55,10 +55,9 @@ class ResumableIterator:
 
   def restore(self, step: int) -> bool:
     """Moves to the position saved at `step`; False (and unchanged) if none was saved."""
-    path = _path(self.directory, step)
     if not saved(self.directory, step):
       return False
-    self._checkpoint.read(os.path.join(path, 'iterator')).assert_consumed()
+    self._checkpoint.read(os.path.join(_path(self.directory, step), 'iterator')).assert_consumed()
     return True
 
   def prune(self, keep: list[int]) -> None:

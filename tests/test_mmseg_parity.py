@@ -22,12 +22,12 @@ RTOL = 1e-4  # max |ours - ref| <= RTOL * max |ref|
 GRAD_RTOL = 1e-5  # per parameter, float64 (the loss itself is taken in float32)
 
 
-def _assert_close(ours, reference, name, rtol=RTOL, floor=0.1):
+def _assert_close(ours, reference, name):
   ours, reference = np.asarray(ours), np.asarray(reference)
   assert ours.shape == reference.shape, name
   error, scale = np.abs(ours - reference).max(), np.abs(reference).max()
-  assert scale > floor, f'{name}: reference is degenerate (max {scale})'
-  assert error <= rtol * scale, f'{name}: max abs diff {error} > {rtol} * {scale}'
+  assert scale > 0.1, f'{name}: reference is degenerate (max {scale})'
+  assert error <= RTOL * scale, f'{name}: max abs diff {error} > {RTOL} * {scale}'
 
 
 def _model_config(depth):
@@ -128,21 +128,21 @@ def test_gradients_match_mmseg_in_float64(converted, train):
   heads = ((reference.decode_head, 1.0), (reference.auxiliary_head, 0.4))
   for head, _ in heads:
     head.dropout = None
-  feats = reference.extract_feat(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+  feats = reference.extract_feat(ref._nchw(images))  # pylint: disable=protected-access
   loss = sum(weight * torch.nn.functional.cross_entropy(
       torch.nn.functional.interpolate(head(feats), labels.shape[1:], mode='bilinear'),
       torch.from_numpy(labels).long(), ignore_index=255) for head, weight in heads)
   loss.backward()
-  state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
-  state.update({k: p.grad.numpy() for k, p in reference.named_parameters()})
+  state = ref.state_dict(reference)
+  grads = {**state, **{k: p.grad.numpy() for k, p in reference.named_parameters()}}
 
   with jax.enable_x64(True):
     model = build_model(_model_config(reference.backbone.depth)).clone(
         dtype=jnp.float64, param_dtype=jnp.float64, dropout_rate=0.0)
     # The converter stores BN statistics in float32, as checkpoints keep them.
-    variables = jax.tree.map(lambda v: v.astype(jnp.float64), convert_state_dict(
-        ref.state_dict(reference), 'mmseg', model))
-    expected = convert_state_dict(state, 'mmseg', model)['params']
+    variables = jax.tree.map(lambda v: v.astype(jnp.float64),
+                             convert_state_dict(state, 'mmseg', model))
+    expected = convert_state_dict(grads, 'mmseg', model)['params']
 
     def loss_fn(params):
       outputs = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
