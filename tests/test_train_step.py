@@ -56,6 +56,37 @@ def test_loss_ignores_255_and_upsamples_aux_with_weight():
   assert everything_ignored == 0.0
 
 
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('logit_size,label_size', [((5, 7), (37, 50)), ((40, 40), (13, 17)),
+                                                    ((9, 11), (9, 11))])
+@pytest.mark.parametrize('block_rows', [None, 4])
+def test_upsampled_loss_matches_torch_interpolate_then_cross_entropy(
+    monkeypatch, align_corners, logit_size, label_size, block_rows):
+  """Sum, argmax hits and gradient of the blockwise loss, against F.interpolate + F.cross_entropy."""
+  if block_rows:  # several blocks of rows, the last one padded
+    monkeypatch.setattr(losses, '_BLOCK_VALUES', block_rows * 2 * label_size[1] * 6)
+  logits = np.random.RandomState(1).randn(2, *logit_size, 6).astype(np.float32) * 3
+  labels = np.array(_labels((2, *label_size), seed=2))
+  labels[labels == 4] = 5                      # class 5 exists only in the labels
+  logits[0, :2] = 0.0                          # ties: argmax is the first class
+  total, hits = losses.upsampled_cross_entropy_sums(jnp.asarray(logits), jnp.asarray(labels),
+                                                    align_corners)
+  grad = jax.grad(lambda x: losses.upsampled_cross_entropy_sums(
+      x, jnp.asarray(labels), align_corners)[0])(jnp.asarray(logits))
+
+  torch_logits = torch.from_numpy(logits.transpose(0, 3, 1, 2)).requires_grad_()
+  upsampled = F.interpolate(torch_logits, label_size, mode='bilinear',
+                            align_corners=align_corners)
+  torch_labels = torch.from_numpy(labels).long()
+  expected = F.cross_entropy(upsampled, torch_labels, ignore_index=255, reduction='sum')
+  expected.backward()
+  expected_hits = ((upsampled.argmax(1) == torch_labels) & (torch_labels != 255)).sum()
+  np.testing.assert_allclose(total, expected.item(), rtol=1e-5)
+  assert hits == expected_hits.item()
+  np.testing.assert_allclose(grad, torch_logits.grad.numpy().transpose(0, 2, 3, 1),
+                             rtol=1e-4, atol=1e-5)
+
+
 def test_poly_schedule_values():
   config = dict(OPTIMIZER, learning_rate=0.01, end_learning_rate=1e-4)
   schedule = optimizer.create_learning_rate_fn(config, total_steps=1000)

@@ -33,7 +33,7 @@ def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _bilinear_taps(in_size: int, out_size: int,
+def bilinear_taps(in_size: int, out_size: int,
                    align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(lower, upper, frac) of PyTorch's 1-D linear interpolation: out = (1-frac)*lower + frac*upper.
 
@@ -61,7 +61,7 @@ def _bilinear_taps(in_size: int, out_size: int,
 @functools.lru_cache(maxsize=None)
 def bilinear_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
   """[out_size, in_size] weights of PyTorch's 1-D linear interpolation (no antialiasing)."""
-  lower, upper, frac = _bilinear_taps(in_size, out_size, align_corners)
+  lower, upper, frac = bilinear_taps(in_size, out_size, align_corners)
   weights = np.zeros((out_size, in_size), np.float64)
   rows = np.arange(out_size)
   np.add.at(weights, (rows, lower), 1.0 - frac)
@@ -91,10 +91,10 @@ def adaptive_avg_pool(x: jnp.ndarray, output_size: int | tuple[int, int]) -> jnp
   return _apply_separable(x, adaptive_pool_matrix(h, out_h), adaptive_pool_matrix(w, out_w))
 
 
-def _interpolate_axis(x: jnp.ndarray, axis: int, out_size: int,
+def interpolate_axis(x: jnp.ndarray, axis: int, out_size: int,
                       align_corners: bool) -> jnp.ndarray:
   """Linear interpolation along one axis as two gathers and a blend."""
-  lower, upper, frac = _bilinear_taps(x.shape[axis], out_size, align_corners)
+  lower, upper, frac = bilinear_taps(x.shape[axis], out_size, align_corners)
   shape = [1] * x.ndim
   shape[axis] = out_size
   frac = jnp.asarray(frac.reshape(shape), x.dtype)
@@ -107,8 +107,8 @@ def _interpolate_axis(x: jnp.ndarray, axis: int, out_size: int,
 # the gathers' own transpose is a scatter-add, slower than either.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _resize(x: jnp.ndarray, size: tuple[int, int], align_corners: bool) -> jnp.ndarray:
-  x = _interpolate_axis(x, 2, size[1], align_corners)
-  return _interpolate_axis(x, 1, size[0], align_corners)
+  x = interpolate_axis(x, 2, size[1], align_corners)
+  return interpolate_axis(x, 1, size[0], align_corners)
 
 
 def _resize_fwd(x, size, align_corners):
