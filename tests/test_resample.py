@@ -33,6 +33,15 @@ def test_adaptive_pool_matches_bin_loop_and_torch(in_h, out_h):
   np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
+def test_pyramid_of_pools_in_one_product_matches_torch():
+  x = np.random.RandomState(0).randn(2, 13, 9, 5).astype(np.float32)
+  sizes = (1, 2, 3, 6, (4, 2))
+  pooled = resample.adaptive_avg_pools(x, sizes)
+  for size, ours in zip(sizes, pooled):
+    ref = F.adaptive_avg_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), size)
+    np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+
 def test_adaptive_bins_overlap_when_size_does_not_divide():
   weights = resample.adaptive_pool_matrix(7, 3)  # bins [0,3), [2,5), [4,7)
   np.testing.assert_array_equal(weights > 0, [[1, 1, 1, 0, 0, 0, 0],

@@ -70,8 +70,8 @@ class PyramidPooling(nn.Module):
     """x: [B, h, w, C] -> the branches before upsampling, [B, n, n, channels] per bin."""
     channels = self.channels or x.shape[-1] // len(self.bins)
     return [ConvBNReLU(channels, 1, train, self.bn_axis_name, self.dtype, self.param_dtype,
-                       name=f'branch{i}')(resample.adaptive_avg_pool(x, n))
-            for i, n in enumerate(self.bins)]
+                       name=f'branch{i}')(pooled)
+            for i, pooled in enumerate(resample.adaptive_avg_pools(x, self.bins))]
 
 
 class _Kernel(nn.Module):
