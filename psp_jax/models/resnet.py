@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from psp_jax.models.conv import conv_general_dilated
+from psp_jax.models.materialize import materialize
 
 ModuleDef = Any
 
@@ -89,7 +90,7 @@ class BasicBlock(nn.Module):
       residual = self.conv(self.features, (1, 1), self.strides, padding='VALID',
                            name='downsample_conv')(x)
       residual = self.norm(name='downsample_bn')(residual)
-    return nn.relu(y + residual)
+    return materialize(nn.relu(y + residual))
 
 
 class Bottleneck(nn.Module):
@@ -116,7 +117,7 @@ class Bottleneck(nn.Module):
       residual = self.conv(self.features * 4, (1, 1), self.strides, padding='VALID',
                            name='downsample_conv')(x)
       residual = self.norm(name='downsample_bn')(residual)
-    return nn.relu(y + residual)
+    return materialize(nn.relu(y + residual))
 
 
 class DilatedResNet(nn.Module):
