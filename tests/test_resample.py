@@ -42,6 +42,21 @@ def test_pyramid_of_pools_in_one_product_matches_torch():
     np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize('shape', [(2, 17, 12, 3), (1, 32, 32, 4), (2, 8, 9, 2)])
+def test_max_pool_values_and_gradient_match_torch_with_ties(shape):
+  rng = np.random.RandomState(0)
+  x = np.maximum(rng.randn(*shape), 0).astype(np.float32)   # ReLU output: windows of zeros
+  x[0, :4, :4] = 0.0
+  ours, vjp = jax.vjp(lambda v: resample.max_pool(v, window=3, stride=2, padding=1), x)
+  torch_x = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+  ref = F.max_pool2d(torch_x, 3, 2, 1)
+  grad = rng.randn(*ref.shape).astype(np.float32)
+  ref.backward(torch.from_numpy(grad))
+  np.testing.assert_array_equal(ours, ref.detach().numpy().transpose(0, 2, 3, 1))
+  np.testing.assert_allclose(vjp(grad.transpose(0, 2, 3, 1))[0],
+                             torch_x.grad.numpy().transpose(0, 2, 3, 1), atol=1e-6)
+
+
 def test_adaptive_bins_overlap_when_size_does_not_divide():
   weights = resample.adaptive_pool_matrix(7, 3)  # bins [0,3), [2,5), [4,7)
   np.testing.assert_array_equal(weights > 0, [[1, 1, 1, 0, 0, 0, 0],

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from psp_jax.models import resample
 from psp_jax.models.conv import conv_general_dilated
 from psp_jax.models.materialize import materialize
 
@@ -165,7 +166,7 @@ class DilatedResNet(nn.Module):
     else:
       x = conv(self.stem_widths[-1], (7, 7), 2, padding=((3, 3), (3, 3)), name='stem_conv0')(x)
       x = nn.relu(norm(name='stem_bn0')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = resample.max_pool(x, window=3, stride=2, padding=1)
 
     block_cls = BasicBlock if self.depth < 50 else Bottleneck
     expansion = block_cls.expansion
