@@ -6,9 +6,10 @@ r"""psp_jax vs mmsegmentation's own PSPNet R50-D8 (150 classes), side by side in
 
 Rows: eval forward (whole image, logits at input size) and a train step (forward +
 backward + SGD update, main + 0.4 aux loss). Each row times psp_jax and mmseg alternately
-(A/B, warm-ups excluded) and reports medians and their ratio, plus psp_jax's compile
-time, XLA's FLOP count, achieved TFLOP/s and MFU against --peak_tflops, and peak memory
-(host RSS on CPU, device peak on GPU). Synthetic input only: no TFDS needed.
+(A/B, warm-ups excluded; every call's time is in the JSON) and reports medians and their
+ratio, plus psp_jax's compile time, XLA's FLOP count, achieved TFLOP/s and MFU against
+--peak_tflops, and peak memory (host RSS on CPU, device peak on GPU). Synthetic input
+only: no TFDS needed.
 --max_batch instead finds the largest per-device train batch that runs at --train_crop,
 without and with `remat` on the backbone stages (meant for a GPU: it stops at the first
 out-of-memory error, which a CPU host reaches only after swapping).
@@ -132,17 +133,16 @@ def _max_batch(model, size, num_classes, limit=1024) -> int:
 
 
 def _ab(ours, theirs, iters, warmup):
-  """Alternates the two callables; medians of the timed (post-warm-up) calls, in seconds."""
+  """Alternates the two callables: every call's seconds, warm-ups first."""
   times = {'ours': [], 'theirs': []}
-  for i in range(warmup + iters):
+  for _ in range(warmup + iters):
     for name, fn in (('ours', ours), ('theirs', theirs)):
       if fn is None:
         continue
       start = time.perf_counter()
       fn()
-      if i >= warmup:
-        times[name].append(time.perf_counter() - start)
-  return {k: statistics.median(v) if v else float('nan') for k, v in times.items()}
+      times[name].append(time.perf_counter() - start)
+  return times
 
 
 def main():
@@ -151,8 +151,12 @@ def main():
   parser.add_argument('--eval_size', type=int, default=512)
   parser.add_argument('--train_batch', type=int, default=2)
   parser.add_argument('--train_crop', type=int, default=256)
-  parser.add_argument('--iters', type=int, default=5)
-  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--iters', type=int, default=9, help='timed calls of each, after warm-up')
+  # XLA:CPU faults its per-call temporary buffer in afresh at every call. Alternated
+  # with PyTorch, those faults cost up to 3x more system time in the first ~8 rounds
+  # (2-core VM: train step 2.0-2.2 s, then 1.4-1.5 s; PyTorch steady at ~2.1 s
+  # throughout); run alone, psp_jax is steady from its second call.
+  parser.add_argument('--warmup', type=int, default=8, help='untimed calls of each, first')
   parser.add_argument('--dtype', default='float32', help="compute dtype, e.g. 'bfloat16'")
   parser.add_argument('--peak_tflops', type=float, default=None,
                       help='device peak for MFU (e.g. 989 for H100 SXM bf16 dense)')
@@ -178,14 +182,16 @@ def main():
   rows = []
 
   def row(name, images, ours, compile_s, flops, theirs):
-    timing = _ab(ours, theirs, args.iters, args.warmup)
+    calls = _ab(ours, theirs, args.iters, args.warmup)
+    timing = {k: statistics.median(v[args.warmup:]) if v else float('nan')
+              for k, v in calls.items()}
     tflops = flops / timing['ours'] / 1e12
     rows.append({
         'row': name, 'psp_jax_s': timing['ours'], 'mmseg_s': timing['theirs'],
         'ratio': timing['ours'] / timing['theirs'], 'psp_jax_img_s': images / timing['ours'],
         'compile_s': compile_s, 'gflop': flops / 1e9, 'tflop_s': tflops,
         'mfu': tflops / args.peak_tflops if args.peak_tflops else float('nan'),
-        'peak_mb': _peak_memory_mb()})
+        'peak_mb': _peak_memory_mb(), 'calls_s': calls})
 
   for batch in [int(b) for b in args.eval_batches.split(',')]:
     if not args.skip_mmseg:
