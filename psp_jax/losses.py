@@ -128,7 +128,7 @@ def _backward(align_corners, ignore_label, residuals, cotangents):
     classes = jax.lax.broadcasted_iota(jnp.int32, row_logits.shape, 3)
     row_grad = jnp.where((row_labels != ignore_label)[..., None],
                          probs - (classes == row_labels[..., None]), 0.0)
-    # Unrolled over the span: as a reduction, XLA:CPU hands it to YNNPACK, 30x slower.
+    # Unrolled over the span: as a reduction XLA:CPU hands it to YNNPACK (loss 870 ms, not 72).
     total = sum(weights[j] * row_grad[j] for j in range(row_grad.shape[0]))
     return None, grad * total
 

@@ -62,7 +62,7 @@ def test_loss_ignores_255_and_upsamples_aux_with_weight():
 @pytest.mark.parametrize('block_rows', [None, 4])
 def test_upsampled_loss_matches_torch_interpolate_then_cross_entropy(
     monkeypatch, align_corners, logit_size, label_size, block_rows):
-  """Sum, argmax hits and gradient of the blockwise loss, against F.interpolate + F.cross_entropy."""
+  """Sum, argmax hits and gradient of the blockwise loss vs F.interpolate + F.cross_entropy."""
   if block_rows:  # several blocks of rows, the last one padded
     monkeypatch.setattr(losses, '_BLOCK_VALUES', block_rows * 2 * label_size[1] * 6)
   logits = np.random.RandomState(1).randn(2, *logit_size, 6).astype(np.float32) * 3

@@ -13,9 +13,10 @@ A floating-point division by a tensor is one of the operations XLA will not
 duplicate, and x / (x * 0 + 1) is x exactly for every finite x (infinities become
 NaN, which the training loop's NaN check reports the same way; denormals flush to
 zero, as in any XLA:CPU arithmetic). Applied to each block's output, forward and
-backward, on 2 cores (same process, alternated, median of 9): train step at 2x256x256 1.60 -> 1.50 s (1.36 -> 1.27 s with freed memory kept
-by malloc), eval at 1x512x512 0.69 -> 0.67 s. Other backends fuse differently and
-get the plain identity.
+backward, on 2 cores (same process, alternated, median of 9): train step at
+2x256x256 1.60 -> 1.50 s (1.36 -> 1.27 s with freed memory kept by malloc), eval at
+1x512x512 0.69 -> 0.67 s. Other backends fuse differently and get the plain
+identity.
 """
 
 import jax
