@@ -76,7 +76,8 @@ def _forward(logits, labels, align_corners, ignore_label):
     log_sum = jnp.log(jnp.sum(jnp.exp(row_logits - top[..., None]), axis=-1))
     # As jax.nn.log_softmax rounds: -log p = log(sum exp(x - max)) - (x[label] - max).
     loss = jnp.sum(jnp.where(valid, log_sum - (picked - top), 0.0))
-    # jnp.argmax's first maximum, as a min-reduction (XLA:CPU's argmax reduces pairs, 4x slower).
+    # jnp.argmax's first maximum as a min-reduction: argmax is a variadic reduce of
+    # (value, index) pairs, the old loss's slowest fusion on CPU (39 ms at 2x256x256x150).
     first_top = jnp.min(jnp.where(row_logits == top[..., None], classes, row_logits.shape[-1]),
                         axis=-1)
     hits = jnp.sum(valid & (first_top == row_labels)).astype(jnp.float32)
