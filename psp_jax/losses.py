@@ -12,11 +12,13 @@ from psp_jax.models import resample
 IGNORE_LABEL = 255
 
 
-# Output rows of the forward pass handled at once: ~1M float32 values (4 MB), which
-# stay in cache on CPU, instead of the whole [B, H, W, K] map that XLA would otherwise
-# hold several times over (logits, log-probabilities, their gradient: 75 MB each at
-# 2x256x256x150) and fault in from fresh pages at every step.
-_BLOCK_VALUES = 1 << 20
+# Logit values per block of output rows in the forward pass, instead of the whole
+# [B, H, W, K] map that XLA would otherwise hold several times over (logits,
+# log-probabilities, their gradient: 75 MB each at 2x256x256x150, 1.3 GB at
+# 8x512x512x150). On CPU ~1M (4 MB, in cache; the full map was faulted in from fresh
+# pages at every step); elsewhere 32M, few enough loop iterations for an accelerator.
+_BLOCK_VALUES = {'cpu': 1 << 20}
+_ACCELERATOR_BLOCK_VALUES = 1 << 25
 
 
 def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
@@ -59,7 +61,8 @@ def _rows(widened, lower, upper, frac):
 def _forward(logits, labels, align_corners, ignore_label):
   batch, height, width = labels.shape
   widened = _widen(logits, width, align_corners)
-  block = max(1, min(height, _BLOCK_VALUES // (batch * width * logits.shape[-1])))
+  values = _BLOCK_VALUES.get(jax.default_backend(), _ACCELERATOR_BLOCK_VALUES)
+  block = max(1, min(height, values // (batch * width * logits.shape[-1])))
   pad = -height % block   # padded rows read row 0 with an ignored label
   taps = [jnp.asarray(np.pad(t, (0, pad)).reshape(-1, block))
           for t in resample.bilinear_taps(logits.shape[1], height, align_corners)]

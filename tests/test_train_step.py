@@ -64,7 +64,7 @@ def test_upsampled_loss_matches_torch_interpolate_then_cross_entropy(
     monkeypatch, align_corners, logit_size, label_size, block_rows):
   """Sum, argmax hits and gradient of the blockwise loss vs F.interpolate + F.cross_entropy."""
   if block_rows:  # several blocks of rows, the last one padded
-    monkeypatch.setattr(losses, '_BLOCK_VALUES', block_rows * 2 * label_size[1] * 6)
+    monkeypatch.setattr(losses, '_BLOCK_VALUES', {'cpu': block_rows * 2 * label_size[1] * 6})
   logits = np.random.RandomState(1).randn(2, *logit_size, 6).astype(np.float32) * 3
   labels = np.array(_labels((2, *label_size), seed=2))
   labels[labels == 4] = 5                      # class 5 exists only in the labels
