@@ -1,11 +1,11 @@
 """PyTorch-exact pooling and bilinear resizing, from static index tables.
 
-Both operations are linear maps along H and along W, built in NumPy from the (static)
-shapes: pooling as a pair of small matrices applied with two einsums, resizing as
-gathers of the two source pixels (its gradient as the transposed matrices). This
-reproduces PyTorch bit-for-bit in its index arithmetic, which
-`jax.image.resize` cannot: it antialiases when downsampling and has no
-`align_corners=True` mode.
+Adaptive pooling and resizing are linear maps along H and along W, built in NumPy from
+the (static) shapes: pooling as one [bins, H * W] matrix (the product of the two), resizing
+as gathers of the two source pixels (its gradient as the transposed matrices). This
+reproduces PyTorch bit-for-bit in its index arithmetic, which `jax.image.resize` cannot:
+it antialiases when downsampling and has no `align_corners=True` mode. Max pooling is a
+maximum of strided slices, with ATen's choice of which maximum gets the gradient.
 """
 
 import functools
@@ -35,7 +35,7 @@ def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def bilinear_taps(in_size: int, out_size: int,
-                   align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(lower, upper, frac) of PyTorch's 1-D linear interpolation: out = (1-frac)*lower + frac*upper.
 
   Mirrors `area_pixel_compute_source_index` in ATen: with align_corners=False the
@@ -112,7 +112,7 @@ def adaptive_avg_pools(x: jnp.ndarray,
 
 
 def interpolate_axis(x: jnp.ndarray, axis: int, out_size: int,
-                      align_corners: bool) -> jnp.ndarray:
+                     align_corners: bool) -> jnp.ndarray:
   """Linear interpolation along one axis as two gathers and a blend."""
   lower, upper, frac = bilinear_taps(x.shape[axis], out_size, align_corners)
   shape = [1] * x.ndim
@@ -243,12 +243,10 @@ def _max_pool_bwd(window, stride, padding, residuals, grad):
     first = (tap == out) & ~taken
     taken = taken | first
     # Back onto the padded grid: tap k's output (y, x) came from (i + s*y, j + s*x).
-    placed = jax.lax.pad(jnp.where(first, grad, 0), jnp.zeros((), grad.dtype),
-                         [(0, 0, 0), (i, padded.shape[1] - i - tap.shape[1] * stride + stride - 1,
-                                      stride - 1),
-                          (j, padded.shape[2] - j - tap.shape[2] * stride + stride - 1,
-                           stride - 1), (0, 0, 0)])
-    padded_grad = padded_grad + placed
+    spread = [(offset, size - offset - (n - 1) * stride - 1, stride - 1)
+              for offset, size, n in zip((i, j), padded.shape[1:3], tap.shape[1:3])]
+    padded_grad = padded_grad + jax.lax.pad(jnp.where(first, grad, 0), jnp.zeros((), grad.dtype),
+                                            [(0, 0, 0), *spread, (0, 0, 0)])
   _, h, w, _ = x.shape
   return (padded_grad[:, padding:padding + h, padding:padding + w],)
 
