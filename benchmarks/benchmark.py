@@ -183,7 +183,7 @@ def main():
 
   def row(name, images, ours, compile_s, flops, theirs):
     calls = _ab(ours, theirs, args.iters, args.warmup)
-    timing = {k: statistics.median(v[args.warmup:]) if v else float('nan')
+    timing = {k: statistics.median(v[args.warmup:]) if v[args.warmup:] else float('nan')
               for k, v in calls.items()}
     tflops = flops / timing['ours'] / 1e12
     rows.append({
