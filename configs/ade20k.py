@@ -58,9 +58,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = 80_000
   config.sync_bn = True             # mmseg SyncBN: BN statistics over the global batch
   config.aux_weight = 0.4           # auxiliary FCNHead loss weight
-  config.loss_average = 'valid'     # 'all' = mmseg's CrossEntropyLoss(avg_non_ignore=False)
+  # mmseg's CrossEntropyLoss(avg_non_ignore=False), this recipe's: the mean over all pixels,
+  # ignored ones included; 'valid' averages over labelled pixels (avg_non_ignore=True, semseg).
+  config.loss_average = 'all'
 
   config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.schedule = 'mmseg'          # mmengine LinearLR + PolyLR (see optimizer.py)
   config.optimizer.learning_rate = 0.01
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
@@ -68,9 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.decay_norm_and_bias = True  # mmseg decays every parameter
   config.optimizer.head_lr_mult = 1.0          # semseg: 10 on the heads
   config.optimizer.poly_power = 0.9
-  config.optimizer.end_learning_rate = 1e-4    # mmseg PolyLR eta_min
-  config.optimizer.warmup_steps = 0
-  config.optimizer.warmup_ratio = 0.1
+  config.optimizer.end_learning_rate = 1e-4    # mmseg PolyLR eta_min, reached at the last step
+  config.optimizer.warmup_steps = 0            # LinearLR(begin=0, end=warmup_steps), then PolyLR
+  config.optimizer.warmup_ratio = 0.1          # LinearLR start_factor
 
   config.test = ml_collections.ConfigDict()    # evaluate.py, mmseg test_pipeline + test_cfg
   config.test.mode = 'whole'                    # 'whole' image or 'slide' window

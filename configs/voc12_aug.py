@@ -43,8 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
   optimizer = config.optimizer
   optimizer.learning_rate = 0.01
   optimizer.weight_decay = 1e-4
+  optimizer.schedule = 'semseg'        # poly_learning_rate(base_lr, curr_iter, max_iter)
   optimizer.head_lr_mult = 10.0        # semseg: ppm, cls and aux at 10x base_lr
-  optimizer.end_learning_rate = 0.0    # semseg poly_learning_rate decays to 0
+  optimizer.end_learning_rate = 0.0    # semseg's poly has no floor
   config.init_from = ''                # set to the converted semseg ImageNet ResNet-50
   config.test.resize = 'base_size'     # semseg test.py: long side 512
   config.test.base_size = 512

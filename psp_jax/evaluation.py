@@ -51,7 +51,9 @@ def segmentation_metrics(matrix: np.ndarray,
   with np.errstate(divide='ignore', invalid='ignore'):
     iou = np.where(union > 0, intersection / union, np.nan)
     acc = np.where(label_area > 0, intersection / label_area, np.nan)
-  metrics = {'aAcc': 100 * intersection.sum() / max(label_area.sum(), 1),
+  with np.errstate(divide='ignore', invalid='ignore'):  # no labelled pixel: NaN, as mmseg
+    all_accuracy = 100 * intersection.sum() / label_area.sum()
+  metrics = {'aAcc': all_accuracy,
              'mIoU': 100 * np.nanmean(iou) if np.isfinite(iou).any() else float('nan'),
              'mAcc': 100 * np.nanmean(acc) if np.isfinite(acc).any() else float('nan')}
   names = class_names or [str(c) for c in range(len(iou))]
@@ -59,6 +61,19 @@ def segmentation_metrics(matrix: np.ndarray,
     metrics[f'IoU/{name}'] = 100 * class_iou
     metrics[f'Acc/{name}'] = 100 * class_acc
   return {k: float(v) for k, v in metrics.items()}
+
+
+def check_labels(label: np.ndarray, num_classes: int, source: str = 'a label map') -> None:
+  """Raises ValueError if `label` holds values that are neither class ids nor IGNORE_LABEL.
+
+  mmseg's IoUMetric would drop such a pixel's label but still count its prediction (in the
+  union); psp_jax's datasets reject them when decoding, and so do the metrics' entry points.
+  """
+  values = np.unique(label)
+  bad = values[((values < 0) | (values >= num_classes)) & (values != IGNORE_LABEL)]
+  if bad.size:
+    raise ValueError(f'{source}: label values {bad[:20].tolist()} are neither class ids in '
+                     f'[0, {num_classes}) nor the ignore label {IGNORE_LABEL}.')
 
 
 def evaluate_images(predictor, examples: Iterable[tuple[np.ndarray, np.ndarray]], *,
@@ -76,7 +91,8 @@ def evaluate_images(predictor, examples: Iterable[tuple[np.ndarray, np.ndarray]]
   for index, (image, label) in enumerate(examples, 1):
     scores = inference.predict(predictor, image, **predict_kwargs)
     label = np.asarray(label).reshape(scores.shape[:2]).astype(np.int64)
-    valid = (label >= 0) & (label < num_classes)
+    check_labels(label, num_classes, f'image {index}')
+    valid = label != IGNORE_LABEL
     matrix += np.bincount(label[valid] * num_classes + scores.argmax(-1)[valid],
                           minlength=num_classes ** 2).reshape(num_classes, num_classes)
     if index % log_every == 0 or index == total:
@@ -189,6 +205,7 @@ class BucketedEvaluator:
     out = (inference.round_up(height, self.label_divisor), inference.round_up(width, self.label_divisor))
     x = np.pad(x, ((0, padded[0] - size[0]), (0, padded[1] - size[1]), (0, 0)))
     label = np.asarray(label).reshape(height, width).astype(np.int32)
+    check_labels(label, self.num_classes)
     label = np.pad(label, ((0, out[0] - height), (0, out[1] - width)),
                    constant_values=IGNORE_LABEL)
     align = self.model.align_corners

@@ -41,9 +41,15 @@ def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
     labels: [B, H, W] int32 class ids, `ignore_label` where unlabelled.
   Returns:
     (sum of -log p[label] over valid pixels, number of valid pixels whose argmax over
-    the upsampled logits is the label), float32 scalars; only the first has a gradient.
+    the upsampled logits is the label), scalars of at least float32; only the first has a
+    gradient.
   """
   return _upsampled_ce(logits, labels, bool(align_corners), int(ignore_label))
+
+
+def _accumulation_dtype(logits: jnp.ndarray):
+  """float32 for float32 and narrower logits, float64 for float64 ones."""
+  return jnp.promote_types(logits.dtype, jnp.float32)
 
 
 def _widen(logits: jnp.ndarray, width: int, align_corners: bool) -> jnp.ndarray:
@@ -52,10 +58,10 @@ def _widen(logits: jnp.ndarray, width: int, align_corners: bool) -> jnp.ndarray:
 
 
 def _rows(widened, lower, upper, frac):
-  """[r, B, W, K] float32: output rows blended from rows `lower`/`upper`, as interpolate_axis."""
+  """[r, B, W, K] (at least float32): output rows blended from rows `lower`/`upper`, as interpolate_axis."""
   frac = frac.reshape(-1, 1, 1, 1).astype(widened.dtype)
   return (jnp.take(widened, lower, axis=0) * (1 - frac)
-          + jnp.take(widened, upper, axis=0) * frac).astype(jnp.float32)
+          + jnp.take(widened, upper, axis=0) * frac).astype(_accumulation_dtype(widened))
 
 
 def _forward(logits, labels, align_corners, ignore_label):
@@ -65,7 +71,7 @@ def _forward(logits, labels, align_corners, ignore_label):
   block = max(1, min(height, values // (batch * width * logits.shape[-1])))
   pad = -height % block   # padded rows read row 0 with an ignored label
   taps = [jnp.asarray(np.pad(t, (0, pad)).reshape(-1, block))
-          for t in resample.bilinear_taps(logits.shape[1], height, align_corners)]
+          for t in resample.bilinear_taps(logits.shape[1], height, align_corners, logits.dtype)]
   block_labels = jnp.pad(labels, ((0, 0), (0, pad), (0, 0)), constant_values=ignore_label)
   block_labels = block_labels.reshape(batch, -1, block, width).transpose(1, 2, 0, 3)
 
@@ -83,25 +89,25 @@ def _forward(logits, labels, align_corners, ignore_label):
     # (value, index) pairs, the old loss's slowest fusion on CPU (39 ms at 2x256x256x150).
     first_top = jnp.min(jnp.where(row_logits == top[..., None], classes, row_logits.shape[-1]),
                         axis=-1)
-    hits = jnp.sum(valid & (first_top == row_labels)).astype(jnp.float32)
+    hits = jnp.sum(valid & (first_top == row_labels)).astype(totals[1].dtype)
     return (totals[0] + loss, totals[1] + hits), top + log_sum
 
-  zero = jnp.float32(0)
+  zero = jnp.zeros((), _accumulation_dtype(logits))
   (loss, hits), log_normaliser = jax.lax.scan(body, (zero, zero), (*taps, block_labels))
   log_normaliser = log_normaliser.reshape(-1, batch, width)[:height]     # [H, B, W]
   return (loss, hits), (logits, labels, log_normaliser)
 
 
 @functools.lru_cache(maxsize=None)
-def _transposed_taps(in_rows: int, out_rows: int, align_corners: bool):
+def _transposed_taps(in_rows: int, out_rows: int, align_corners: bool, dtype):
   """For each input row i: the output rows that read it and their weights.
 
   Returns (rows, weights, lower, upper, frac), each [in_rows, span]: output rows
   rows[i] (a run of `span` rows, weight 0 where a row does not read i), the weight of
   input row i in each, and those rows' own taps to recompute them.
   """
-  lower, upper, frac = resample.bilinear_taps(in_rows, out_rows, align_corners)
-  matrix = resample.bilinear_matrix(in_rows, out_rows, align_corners)   # [out, in]
+  lower, upper, frac = resample.bilinear_taps(in_rows, out_rows, align_corners, dtype)
+  matrix = resample.bilinear_matrix(in_rows, out_rows, align_corners, dtype)   # [out, in]
   reads = [np.flatnonzero((lower == i) | (upper == i)) for i in range(in_rows)]
   span = min(out_rows, max(r[-1] - r[0] + 1 if len(r) else 1 for r in reads))
   first = np.array([min(r[0], out_rows - span) if len(r) else 0 for r in reads])
@@ -122,7 +128,7 @@ def _backward(align_corners, ignore_label, residuals, cotangents):
   widened = _widen(logits, width, align_corners)
   labels = labels.transpose(1, 0, 2)                                    # [H, B, W]
   tables = [jnp.asarray(t) for t in _transposed_taps(logits.shape[1], labels.shape[0],
-                                                     align_corners)]
+                                                     align_corners, np.dtype(logits.dtype))]
 
   def body(_, taps):
     rows, weights, lower, upper, frac = taps
@@ -137,7 +143,7 @@ def _backward(align_corners, ignore_label, residuals, cotangents):
     return None, grad * total
 
   _, widened_grad = jax.lax.scan(body, None, tables)                   # [h, B, W, K]
-  columns = resample.bilinear_matrix(logits.shape[2], width, align_corners)
+  columns = resample.bilinear_matrix(logits.shape[2], width, align_corners, logits.dtype)
   logits_grad = jnp.einsum('Ww,hbWk->bhwk', jnp.asarray(columns), widened_grad)
   return logits_grad.astype(logits.dtype), None
 
@@ -166,9 +172,10 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
   """
   if average not in ('valid', 'all'):
     raise ValueError(f"loss average must be 'valid' or 'all', got {average!r}.")
+  dtype = jnp.promote_types(outputs['logits'].dtype, jnp.float32)
   labelled = labels != ignore_label
-  num_labelled = jnp.sum(labelled).astype(jnp.float32)
-  denominator = num_labelled if average == 'valid' else jnp.float32(labels.size)
+  num_labelled = jnp.sum(labelled).astype(dtype)
+  denominator = num_labelled if average == 'valid' else jnp.asarray(labels.size, dtype)
   if axis_name is not None:
     denominator = jax.lax.psum(denominator, axis_name) / jax.lax.psum(1, axis_name)
   denominator = jnp.maximum(denominator, 1.0)

@@ -278,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None)
   total_steps = config.num_train_steps
   learning_rate_fn = optimizer.create_learning_rate_fn(config.optimizer, total_steps)
-  tx = optimizer.create_optimizer(config.optimizer, learning_rate_fn)
+  tx = optimizer.create_optimizer(config.optimizer, total_steps)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed),
                              (1, *config.augment.crop_size, 3))
   if latest.latest_step() is not None:

@@ -125,3 +125,28 @@ def reference_features(backbone, images_nhwc: np.ndarray) -> list[np.ndarray]:
   with torch.no_grad():
     feats = backbone(_nchw(images_nhwc))
   return [f.numpy().transpose(0, 2, 3, 1) for f in feats]
+
+
+def reference_gradients(model, images_nhwc: np.ndarray, labels: np.ndarray, dtype,
+                        train: bool = True, average: str = 'valid') -> tuple[float, dict]:
+  """mmseg's d(CE(main) + 0.4 CE(aux))/d(parameter) on a copy of `model` in `dtype`.
+
+  The logits are upsampled as mmseg's heads do (bilinear, align_corners=False), ignore
+  label 255, the mean over labelled pixels ('valid') or all pixels ('all'); dropout off.
+  Returns (loss, {parameter name: float64 gradient}).
+  """
+  import copy  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  model = copy.deepcopy(model).to(dtype).train(train)
+  heads = ((model.decode_head, 1.0), (model.auxiliary_head, 0.4))
+  feats = model.extract_feat(_nchw(images_nhwc).to(dtype))
+  target = torch.from_numpy(labels).long()
+  loss = 0
+  for head, weight in heads:
+    head.dropout = None
+    logits = F.interpolate(head(feats), labels.shape[1:], mode='bilinear', align_corners=False)
+    total = F.cross_entropy(logits, target, ignore_index=255, reduction='sum')
+    loss = loss + weight * total / ((target != 255).sum() if average == 'valid' else target.numel())
+  loss.backward()
+  return loss.item(), {k: p.grad.double().numpy() for k, p in model.named_parameters()}

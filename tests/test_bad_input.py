@@ -307,8 +307,7 @@ def test_corrupt_image_stops_training_naming_the_file(tmp_path):
 def test_resuming_a_workdir_of_another_model_lists_the_shapes(tmp_path):
   workdir = str(tmp_path / 'workdir')
   trained = tiny_config(str(tmp_path / 'tfds'), steps=2)
-  learning_rate_fn = train_lib.optimizer.create_learning_rate_fn(trained.optimizer, 2)
-  tx = train_lib.optimizer.create_optimizer(trained.optimizer, learning_rate_fn)
+  tx = train_lib.optimizer.create_optimizer(trained.optimizer, 2)
   shapes = jax.eval_shape(lambda: train_lib.create_train_state(
       train_lib.build_model(trained.model), tx, jax.random.PRNGKey(0), (1, 32, 32, 3)))
   state = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), shapes)  # no compile

@@ -49,8 +49,7 @@ def _restore(workdir, subdir, data_dir, steps):
   """The checkpoint manager of `workdir/subdir` and an abstract state to restore into."""
   config = tiny_config(data_dir, steps)
   model = build_model(config.model, bn_axis_name='batch')
-  lr = train_lib.optimizer.create_learning_rate_fn(config.optimizer, steps)
-  tx = train_lib.optimizer.create_optimizer(config.optimizer, lr)
+  tx = train_lib.optimizer.create_optimizer(config.optimizer, steps)
   state = jax.eval_shape(lambda: train_lib.create_train_state(
       model, tx, jax.random.PRNGKey(0), (1, 32, 32, 3)))
   managers = dict(zip(('checkpoints', 'best'), train_lib._checkpoint_managers(workdir, config)))
@@ -130,6 +129,35 @@ def test_confusion_matrix_metrics_by_hand():
   np.testing.assert_allclose(metrics['mAcc'], 100 * (1 / 2 + 2 / 3 + 0) / 3)
   np.testing.assert_allclose(metrics['aAcc'], 100 * 3 / 6)
   assert np.isnan(metrics['IoU/d']) and metrics['IoU/e'] == 0 and np.isnan(metrics['Acc/e'])
+
+
+@pytest.mark.parametrize('ignored_share', [0.2, 1.0], ids=['some-ignored', 'all-ignored'])
+def test_metrics_match_mmseg_iou_metric(ignored_share):
+  """mmseg 1.2.2's IoUMetric on the same maps; with no labelled pixel its aAcc is NaN too."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from mmseg.evaluation.metrics import IoUMetric  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  labels = rng.randint(0, 6, (3, 17, 19))
+  labels[rng.rand(*labels.shape) < ignored_share] = 255
+  predictions = np.where(rng.rand(*labels.shape) < 0.6, labels % 255, rng.randint(0, 6, labels.shape))
+  matrix = sum(np.asarray(evaluation.confusion_matrix(p[None], l[None], 6))
+               for p, l in zip(predictions, labels))
+  ours = evaluation.segmentation_metrics(matrix)
+  areas = [IoUMetric.intersect_and_union(torch.from_numpy(p), torch.from_numpy(l), 6, 255)
+           for p, l in zip(predictions, labels)]
+  totals = [sum(a[i] for a in areas) for i in range(4)]
+  theirs = IoUMetric.total_area_to_metrics(*totals, ['mIoU'], nan_to_num=None,
+                                           beta=1)
+  np.testing.assert_allclose(ours['aAcc'], 100 * theirs['aAcc'], rtol=1e-7)
+  np.testing.assert_allclose([ours[f'IoU/{c}'] for c in range(6)], 100 * theirs['IoU'], rtol=1e-7)
+  np.testing.assert_allclose([ours[f'Acc/{c}'] for c in range(6)], 100 * theirs['Acc'], rtol=1e-7)
+
+
+def test_metric_entry_points_reject_labels_outside_the_classes():
+  """mmseg would drop such a label but count its prediction; psp_jax refuses the map."""
+  with pytest.raises(ValueError, match=r'label values \[7\] are neither class ids in \[0, 6\)'):
+    evaluation.check_labels(np.array([[0, 7, 255]]), 6, 'a label map')
+  evaluation.check_labels(np.array([[0, 5, 255]]), 6)
 
 
 def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(interrupted_run):

@@ -12,7 +12,7 @@ from psp_jax import build_model, losses, optimizer, train_lib
 
 TINY = dict(depth=18, stem_widths=(4, 4, 8), base_width=4, channels=8, ppm_channels=8,
             aux_channels=4, num_classes=5, dropout_rate=0.0)
-OPTIMIZER = dict(learning_rate=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4,
+OPTIMIZER = dict(schedule='mmseg', learning_rate=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4,
                  decay_norm_and_bias=True, head_lr_mult=1.0, poly_power=0.9,
                  end_learning_rate=1e-4, warmup_steps=0, warmup_ratio=0.1)
 
@@ -87,18 +87,54 @@ def test_upsampled_loss_matches_torch_interpolate_then_cross_entropy(
                              rtol=1e-4, atol=1e-5)
 
 
-def test_poly_schedule_values():
-  config = dict(OPTIMIZER, learning_rate=0.01, end_learning_rate=1e-4)
-  schedule = optimizer.create_learning_rate_fn(config, total_steps=1000)
-  for step in (0, 1, 250, 999, 1000):
-    expected = (0.01 - 1e-4) * (1 - step / 1000) ** 0.9 + 1e-4
-    np.testing.assert_allclose(schedule(step), expected, rtol=1e-5)
-  warm = optimizer.create_learning_rate_fn(dict(config, warmup_steps=100), total_steps=1000)
-  np.testing.assert_allclose(warm(0), 0.001, rtol=1e-5)       # warmup_ratio * base
-  np.testing.assert_allclose(warm(50), 0.0055, rtol=1e-5)     # linear
-  np.testing.assert_allclose(warm(100 + 450), (0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4, rtol=1e-5)
+def _mmengine_learning_rates(total_steps, warmup_steps, lr_mults=(1.0, 10.0)):
+  """The learning rate of each step and parameter group, from mmengine's own schedulers.
+
+  mmseg's warm-up recipe: LinearLR(start_factor=0.1, begin=0, end=warmup_steps), then
+  PolyLR(eta_min=1e-4, power=0.9, begin=warmup_steps, end=total_steps); each group
+  starts from base * lr_mult, as mmseg's paramwise lr_mult.
+  """
+  from mmengine.optim.scheduler import LinearLR, PolyLR  # pylint: disable=g-import-not-at-top
+  groups = [{'params': [torch.nn.Parameter(torch.zeros(1))], 'lr': 0.01 * m} for m in lr_mults]
+  sgd = torch.optim.SGD(groups, lr=0.01)
+  schedulers = []
+  if warmup_steps:
+    schedulers.append(LinearLR(sgd, start_factor=0.1, begin=0, end=warmup_steps, by_epoch=False))
+  schedulers.append(PolyLR(sgd, eta_min=1e-4, power=0.9, begin=warmup_steps, end=total_steps,
+                           by_epoch=False))
+  rates = []
+  for _ in range(total_steps):
+    rates.append([group['lr'] for group in sgd.param_groups])
+    sgd.step()
+    for scheduler in schedulers:
+      scheduler.step()
+  return np.array(rates)
+
+
+@pytest.mark.parametrize('total_steps,warmup_steps', [(10, 0), (40, 5), (7, 1)])
+def test_mmseg_schedule_is_mmengines_linear_then_poly(total_steps, warmup_steps):
+  config = dict(OPTIMIZER, warmup_steps=warmup_steps)
+  expected = _mmengine_learning_rates(total_steps, warmup_steps)
+  steps = np.arange(total_steps)
+  for group, lr_mult in enumerate((1.0, 10.0)):
+    schedule = optimizer.create_learning_rate_fn(config, total_steps, lr_mult)
+    np.testing.assert_allclose([schedule(s) for s in steps], expected[:, group], rtol=1e-6)
+  assert expected[-1, 0] == pytest.approx(1e-4)  # eta_min at the last step
   with pytest.raises(ValueError, match='warmup_steps'):
-    optimizer.create_learning_rate_fn(dict(config, warmup_steps=1000), total_steps=1000)
+    optimizer.create_learning_rate_fn(dict(config, warmup_steps=total_steps), total_steps)
+
+
+def test_semseg_schedule_counts_iterations_from_one_after_each_step():
+  """semseg sets poly_learning_rate(base, i + 1, max_iter) after step i: step t trains at
+  base * (1 - t / max_iter)**0.9, from base at step 0 to base * (1 / max_iter)**0.9."""
+  config = dict(OPTIMIZER, schedule='semseg', end_learning_rate=0.0)
+  schedule = optimizer.create_learning_rate_fn(config, 100, lr_mult=10.0)
+  for step in (0, 1, 50, 99):
+    np.testing.assert_allclose(schedule(step), 0.1 * (1 - step / 100) ** 0.9, rtol=1e-6)
+  with pytest.raises(ValueError, match='no warm-up and no floor'):
+    optimizer.create_learning_rate_fn(dict(config, warmup_steps=5), 100)
+  with pytest.raises(ValueError, match='schedule'):
+    optimizer.create_learning_rate_fn(dict(config, schedule='cosine'), 100)
 
 
 def test_head_multiplier_and_decay_mask():
@@ -106,7 +142,8 @@ def test_head_multiplier_and_decay_mask():
             'decode_head': {'conv_seg': {'kernel': jnp.ones((3,)), 'bias': jnp.ones((3,))}}}
   config = dict(OPTIMIZER, momentum=0.0, weight_decay=0.1, decay_norm_and_bias=False,
                 head_lr_mult=10.0)
-  tx = optimizer.create_optimizer(config, lambda step: 0.5)
+  tx = optimizer.create_optimizer(dict(config, schedule='semseg', end_learning_rate=0.0,
+                                       learning_rate=0.5, poly_power=0.0), 10)
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   np.testing.assert_allclose(updates['backbone']['conv']['kernel'], -0.5 * 0.1)
@@ -125,7 +162,7 @@ def test_pmapped_step_equals_single_device_step_on_global_batch():
   labels = jnp.concatenate([_labels((2, 33, 33), seed=i, ignore_share=0.1 + 0.25 * i)
                             for i in range(n)])
   schedule = optimizer.create_learning_rate_fn(OPTIMIZER, total_steps=10)
-  tx = optimizer.create_optimizer(OPTIMIZER, schedule)
+  tx = optimizer.create_optimizer(OPTIMIZER, total_steps=10)
   single_model = build_model(TINY)
   state = train_lib.create_train_state(single_model, tx, jax.random.PRNGKey(0), images.shape)
 

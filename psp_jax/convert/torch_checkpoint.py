@@ -136,7 +136,6 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], fmt: str, model: PS
     raise ValueError(f'Unknown checkpoint format {fmt!r}; choose one of {sorted(FORMATS)}.')
   prefixes, dropped, _ = FORMATS[fmt]
   targets = target_shapes(model, backbone_only=fmt in BACKBONE_FORMATS)
-  dtypes = {'params': model.param_dtype, 'batch_stats': jnp.float32}
   flat, unexpected, misshaped, misshaped_targets = {}, [], [], set()
   for key, value in state_dict.items():
     key_stripped = key
@@ -156,7 +155,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], fmt: str, model: PS
                        f'at {"/".join(target)}')
       misshaped_targets.add(target)
       continue
-    flat[target] = value.astype(dtypes[target[0]])
+    flat[target] = value.astype(model.param_dtype)  # BN statistics too, as the model's init
   missing = [f'{"/".join(k)} {shape}' for k, shape in targets.items()
              if k not in flat and k not in misshaped_targets]
   if missing or unexpected or misshaped:

@@ -124,11 +124,12 @@ def _kernel_grad(grad, window, precision):
   the left). At equal widths the gradient goes left, as its producer is a single
   fusion where the window's is the residual stream's BatchNorm/ReLU chain.
   """
+  accumulate = jnp.promote_types(window.dtype, jnp.float32)
   if window.shape[-1] < grad.shape[-1]:
     return jnp.einsum('bhwc,bhwo->co', window, grad, precision=precision,
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=accumulate)
   return jnp.einsum('bhwo,bhwc->oc', grad, window, precision=precision,
-                    preferred_element_type=jnp.float32).T
+                    preferred_element_type=accumulate).T
 
 
 _cpu_conv_grads.defvjp(_forward, _backward)
@@ -147,7 +148,8 @@ def _pointwise_forward(x, kernel, precision, preferred_element_type):
 def _pointwise_backward(precision, preferred_element_type, residuals, grad):
   x, kernel = residuals
   x_grad = jnp.einsum('bhwo,co->bhwc', grad.astype(x.dtype), kernel, precision=precision,
-                      preferred_element_type=jnp.float32).astype(x.dtype)
+                      preferred_element_type=jnp.promote_types(x.dtype, jnp.float32)
+                      ).astype(x.dtype)
   return x_grad, _kernel_grad(grad.astype(x.dtype), x, precision).astype(kernel.dtype)
 
 

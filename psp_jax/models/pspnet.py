@@ -134,7 +134,7 @@ class SegHead(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """x: [B, h, w, C] -> logits [B, h, w, num_classes] (float32)."""
+    """x: [B, h, w, C] -> logits [B, h, w, num_classes] (float32, or float64 in float64)."""
     if self.bins:
       branches = PyramidPooling(self.bins, self.ppm_channels, self.align_corners,
                                 self.bn_axis_name, self.dtype, self.param_dtype,
@@ -149,7 +149,7 @@ class SegHead(nn.Module):
     logits = nn.Conv(self.num_classes, (1, 1), kernel_init=classifier_init,
                      dtype=self.dtype, param_dtype=self.param_dtype,
                      conv_general_dilated=conv_general_dilated, name='conv_seg')(x)
-    return logits.astype(jnp.float32)
+    return logits.astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
 class PSPNet(nn.Module):
@@ -208,7 +208,9 @@ def upsample_logits(logits: jnp.ndarray, size: tuple[int, int],
   return resample.resize_bilinear(logits, size, align_corners)
 
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# float64 needs jax_enable_x64; the parity tests use it to compare with PyTorch's .double().
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16,
+           'float64': jnp.float64}
 
 
 def build_model(config: Mapping[str, Any], **overrides: Any) -> PSPNet:

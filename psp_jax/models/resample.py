@@ -16,16 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
-@functools.lru_cache(maxsize=None)
-def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out_size, in_size] averaging weights of `nn.AdaptiveAvgPool` along one axis.
+def table_dtype(dtype) -> type:
+  """The dtype ATen computes resampling coefficients in for `dtype` data: float64 for
+  float64, float32 for everything narrower (its `opmath` type)."""
+  return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
-  PyTorch's bin rule: bin i covers [floor(i*in/out), ceil((i+1)*in/out)), so
-  bins overlap when `in_size` is not a multiple of `out_size`.
-  """
+
+@functools.lru_cache(maxsize=None)
+def _adaptive_pool_matrix(in_size: int, out_size: int, dtype: type) -> np.ndarray:
   if in_size < 1 or out_size < 1:
     raise ValueError(f'adaptive pooling needs positive sizes, got {in_size} -> {out_size}.')
-  weights = np.zeros((out_size, in_size), np.float32)
+  weights = np.zeros((out_size, in_size), dtype)
   for i in range(out_size):
     start = (i * in_size) // out_size
     end = -((-(i + 1) * in_size) // out_size)  # ceil division in integers
@@ -33,20 +34,31 @@ def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
   return weights
 
 
-@functools.lru_cache(maxsize=None)
-def bilinear_taps(in_size: int, out_size: int,
-                  align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def adaptive_pool_matrix(in_size: int, out_size: int, dtype=np.float32) -> np.ndarray:
+  """[out_size, in_size] averaging weights of `nn.AdaptiveAvgPool` along one axis.
+
+  PyTorch's bin rule: bin i covers [floor(i*in/out), ceil((i+1)*in/out)), so
+  bins overlap when `in_size` is not a multiple of `out_size`.
+  """
+  return _adaptive_pool_matrix(in_size, out_size, table_dtype(dtype))
+
+
+def bilinear_taps(in_size: int, out_size: int, align_corners: bool,
+                  dtype=np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(lower, upper, frac) of PyTorch's 1-D linear interpolation: out = (1-frac)*lower + frac*upper.
 
   Mirrors `area_pixel_compute_source_index` in ATen: with align_corners=False the
   source coordinate is (dst + 0.5) * in/out - 0.5 clamped at 0; with True it is
-  dst * (in - 1)/(out - 1).
+  dst * (in - 1)/(out - 1). The arithmetic is ATen's for `dtype` data (`table_dtype`):
+  float32 coordinates differ from float64 ones by ~1e-6, which moves outputs by ~1e-5.
   """
+  return _bilinear_taps(in_size, out_size, align_corners, table_dtype(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _bilinear_taps(in_size, out_size, align_corners, f32):
   if in_size < 1 or out_size < 1:
     raise ValueError(f'resizing needs positive sizes, got {in_size} -> {out_size}.')
-  # float32 arithmetic, as ATen's CPU kernel for float input: float64 here moves
-  # source coordinates by ~1e-6 and outputs by ~1e-5.
-  f32 = np.float32
   dst = np.arange(out_size, dtype=f32)
   if align_corners:
     scale = f32(in_size - 1) / f32(out_size - 1) if out_size > 1 else f32(0)
@@ -59,15 +71,20 @@ def bilinear_taps(in_size: int, out_size: int,
   return lower, upper, src - lower
 
 
-@functools.lru_cache(maxsize=None)
-def bilinear_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+def bilinear_matrix(in_size: int, out_size: int, align_corners: bool,
+                    dtype=np.float32) -> np.ndarray:
   """[out_size, in_size] weights of PyTorch's 1-D linear interpolation (no antialiasing)."""
-  lower, upper, frac = bilinear_taps(in_size, out_size, align_corners)
+  return _bilinear_matrix(in_size, out_size, align_corners, table_dtype(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _bilinear_matrix(in_size, out_size, align_corners, dtype):
+  lower, upper, frac = bilinear_taps(in_size, out_size, align_corners, dtype)
   weights = np.zeros((out_size, in_size), np.float64)
   rows = np.arange(out_size)
   np.add.at(weights, (rows, lower), 1.0 - frac)
   np.add.at(weights, (rows, upper), frac)
-  return weights.astype(np.float32)
+  return weights.astype(dtype)
 
 
 def _apply_separable(x: jnp.ndarray, rows: np.ndarray, cols: np.ndarray) -> jnp.ndarray:
@@ -102,7 +119,8 @@ def adaptive_avg_pools(x: jnp.ndarray,
   """
   batch, h, w, channels = x.shape
   sizes = [(n, n) if isinstance(n, int) else tuple(n) for n in output_sizes]
-  weights = np.concatenate([np.kron(adaptive_pool_matrix(h, out_h), adaptive_pool_matrix(w, out_w))
+  weights = np.concatenate([np.kron(adaptive_pool_matrix(h, out_h, x.dtype),
+                                    adaptive_pool_matrix(w, out_w, x.dtype))
                             for out_h, out_w in sizes])
   weights = jnp.broadcast_to(jnp.asarray(weights, x.dtype), (batch, *weights.shape))
   pooled = jnp.einsum('bqn,bnc->bqc', weights, x.reshape(batch, h * w, channels))
@@ -114,7 +132,7 @@ def adaptive_avg_pools(x: jnp.ndarray,
 def interpolate_axis(x: jnp.ndarray, axis: int, out_size: int,
                      align_corners: bool) -> jnp.ndarray:
   """Linear interpolation along one axis as two gathers and a blend."""
-  lower, upper, frac = bilinear_taps(x.shape[axis], out_size, align_corners)
+  lower, upper, frac = bilinear_taps(x.shape[axis], out_size, align_corners, x.dtype)
   shape = [1] * x.ndim
   shape[axis] = out_size
   frac = jnp.asarray(frac.reshape(shape), x.dtype)
@@ -136,8 +154,8 @@ def _resize_fwd(x, size, align_corners):
 
 
 def _resize_bwd(size, align_corners, in_size, grad):
-  rows = bilinear_matrix(in_size[0], size[0], align_corners).T
-  cols = bilinear_matrix(in_size[1], size[1], align_corners).T
+  rows = bilinear_matrix(in_size[0], size[0], align_corners, grad.dtype).T
+  cols = bilinear_matrix(in_size[1], size[1], align_corners, grad.dtype).T
   return (_apply_separable(grad, rows, cols),)
 
 
@@ -161,9 +179,10 @@ def resize_bilinear(x: jnp.ndarray, size: tuple[int, int], align_corners: bool) 
 
 
 @functools.lru_cache(maxsize=None)
-def _shifted_bilinear_matrices(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+def _shifted_bilinear_matrices(in_size: int, out_size: int, align_corners: bool,
+                               dtype: type) -> np.ndarray:
   """[3, out_size, in_size]: row y of slice i upsamples output pixel y + i - 1, or is 0 outside."""
-  padded = np.pad(bilinear_matrix(in_size, out_size, align_corners), ((1, 1), (0, 0)))
+  padded = np.pad(bilinear_matrix(in_size, out_size, align_corners, dtype), ((1, 1), (0, 0)))
   return np.stack([padded[i:i + out_size] for i in range(3)])
 
 
@@ -186,8 +205,9 @@ def upsampled_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, size: tuple[int, int]
     [B, H, W, O].
   """
   _, h, w, _ = x.shape
-  rows = jnp.asarray(_shifted_bilinear_matrices(h, size[0], align_corners), x.dtype)
-  cols = jnp.asarray(_shifted_bilinear_matrices(w, size[1], align_corners), x.dtype)
+  dtype = table_dtype(x.dtype)
+  rows = jnp.asarray(_shifted_bilinear_matrices(h, size[0], align_corners, dtype), x.dtype)
+  cols = jnp.asarray(_shifted_bilinear_matrices(w, size[1], align_corners, dtype), x.dtype)
   taps = jnp.einsum('bhwc,ijco->bijhwo', x, kernel)
   taps = jnp.einsum('jxw,bijhwo->bihxo', cols, taps)
   return jnp.einsum('iyh,bihxo->byxo', rows, taps)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from psp_jax.models import resample
+from psp_jax.models.batch_norm import BatchNorm
 from psp_jax.models.conv import conv_general_dilated
 from psp_jax.models.materialize import materialize
 
@@ -30,11 +31,11 @@ STAGE_SIZES = {
 
 
 def batch_norm(train: bool, axis_name: str | None, dtype: Any, param_dtype: Any) -> ModuleDef:
-  """nn.BatchNorm with PyTorch's BatchNorm2d numerics: eps 1e-5, momentum 0.1 (flax 0.9).
+  """BatchNorm with PyTorch's BatchNorm2d numerics: eps 1e-5, momentum 0.1.
 
   With `axis_name` set, batch statistics are averaged across that pmap axis (sync BN).
   """
-  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+  return functools.partial(BatchNorm, use_running_average=not train, momentum=0.1,
                            epsilon=1e-5, axis_name=axis_name, dtype=dtype,
                            param_dtype=param_dtype)
 
