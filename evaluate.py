@@ -9,10 +9,13 @@ per-class table and writes it as JSON (default: DIR/eval_<split>.json).
 import json
 import os
 
+import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psp_jax import checkpoint, config_check, evaluation, input_pipeline, train_lib
+from psp_jax import checkpoint, config_check, datasets, evaluator, inference, input_pipeline
+from psp_jax.datasets import checks
+from psp_jax.models.pspnet import build_model
 
 config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, test).',
                                 lock_config=True)
@@ -25,6 +28,16 @@ flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
 
+def evaluate(config, model, variables, split: str) -> tuple[dict[str, float], str]:
+  """(metrics, per-class table) of `variables` of `model` on `split` of config.dataset."""
+  module = datasets.dataset_module(config.dataset.name)
+  builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
+  split_evaluator = evaluator.Evaluator(model, inference.TestProtocol.from_config(config.test),
+                                        config.model.num_classes, module.CLASS_NAMES)
+  return evaluator.evaluate_split(split_evaluator, builder, checks.decoder(module), split,
+                                  variables)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -32,15 +45,17 @@ def main(argv):
     raise app.UsageError('Give exactly one of --workdir and --checkpoint.')
   config_check.check_config(FLAGS.config)
   input_pipeline.hide_accelerators_from_tf()
+  config = FLAGS.config
+  model = build_model(config.model)
   if FLAGS.checkpoint:
     variables, source = checkpoint.load_variables(FLAGS.checkpoint), FLAGS.checkpoint
   else:
-    variables, step = train_lib.load_trained_variables(FLAGS.workdir, FLAGS.which)
+    variables, step = checkpoint.load_trained_variables(FLAGS.workdir, FLAGS.which)
     source = f'{FLAGS.workdir} ({FLAGS.which}, step {step})'
-  checkpoint.check_fits(variables, train_lib.variable_shapes(FLAGS.config.model), source)
-  split = FLAGS.split or FLAGS.config.dataset.eval_split
-  metrics, table = evaluation.evaluate_config(FLAGS.config, variables, split)
-  print(f'{FLAGS.config.dataset.name} {split}, {source}:\n{table}')
+  checkpoint.check_fits(variables, checkpoint.variable_shapes(model), source)
+  split = FLAGS.split or config.dataset.eval_split
+  metrics, table = evaluate(config, model, variables, split)
+  print(f'{config.dataset.name} {split}, {source}:\n{table}')
   output = FLAGS.output or os.path.join(FLAGS.workdir or FLAGS.checkpoint, f'eval_{split}.json')
   with open(output, 'w') as f:
     json.dump({'source': source, 'split': split, 'test': FLAGS.config.test.to_dict(),

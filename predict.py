@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from PIL import Image
 
-from psp_jax import checkpoint, config_check, datasets, inference, train_lib, visualize
+from psp_jax import checkpoint, classes, config_check, inference, visualize
 from psp_jax.models.pspnet import build_model
 
 config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, test).',
@@ -50,22 +50,21 @@ def main(argv):
   if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):
     raise app.UsageError('Give exactly one of --checkpoint and --workdir.')
   config_check.check_config(FLAGS.config)
+  config = FLAGS.config
+  model = build_model(config.model)
   variables = (checkpoint.load_variables(FLAGS.checkpoint) if FLAGS.checkpoint
-               else train_lib.load_trained_variables(FLAGS.workdir)[0])
-  checkpoint.check_fits(variables, train_lib.variable_shapes(FLAGS.config.model),
+               else checkpoint.load_trained_variables(FLAGS.workdir)[0])
+  checkpoint.check_fits(variables, checkpoint.variable_shapes(model),
                         FLAGS.checkpoint or FLAGS.workdir)
-  config, module = FLAGS.config, datasets.dataset_module(FLAGS.config.dataset.name)
-  test = config.test
-  predictor = inference.predictor_for_test(build_model(config.model), variables, test)
+  class_names, palette = classes.for_dataset(config.dataset.name)
+  test = inference.TestProtocol.from_config(config.test)
+  predictor = inference.predictor_for_test(model, variables, test)
   os.makedirs(FLAGS.out, exist_ok=True)
   for path in paths:
     image = np.asarray(Image.open(path).convert('RGB'))
-    prediction = inference.predict(
-        predictor, image, scales=test.scales, flip=test.flip, resize=test.resize,
-        test_scale=test.test_scale, base=test.base_size).argmax(-1)
-    colours = visualize.colorize(prediction, module.PALETTE)
-    legend = visualize.legend(prediction, module.CLASS_NAMES, module.PALETTE,
-                                    image.shape[1])
+    prediction = inference.predict(predictor, image, test).argmax(-1)
+    colours = visualize.colorize(prediction, palette)
+    legend = visualize.legend(prediction, class_names, palette, image.shape[1])
     name = os.path.splitext(os.path.basename(path))[0]
     Image.fromarray(colours).save(os.path.join(FLAGS.out, f'{name}_mask.png'))
     blended = np.concatenate([visualize.overlay(image, colours), legend])

@@ -11,7 +11,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psp_jax import config_check, input_pipeline, train_lib
+from psp_jax import config_check, input_pipeline, train_loop
 
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard logs.')
@@ -39,7 +39,7 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
-  train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

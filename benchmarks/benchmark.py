@@ -22,7 +22,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 
 import jax
@@ -30,11 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, 'tests')]
-
-from configs import ade20k  # noqa: E402  pylint: disable=g-import-not-at-top
-from psp_jax import build_model, train_lib, upsample_logits  # noqa: E402  pylint: disable=g-import-not-at-top
+from psp_jax import config as base_config
+from psp_jax import build_model, kernels, train_step
 
 
 def _peak_memory_mb() -> float:
@@ -52,8 +48,7 @@ def _flops(compiled) -> float:
 
 def _jax_eval(model, variables, batch, size):
   images = jnp.asarray(np.random.RandomState(0).randn(batch, size, size, 3), jnp.float32)
-  forward = jax.jit(lambda v, x: upsample_logits(
-      model.apply(v, x, train=False)['logits'], x.shape[1:3], False))
+  forward = jax.jit(lambda v, x: model.apply(v, x, method='segment'))
   start = time.perf_counter()
   compiled = forward.lower(variables, images).compile()
   compile_s = time.perf_counter() - start
@@ -62,12 +57,13 @@ def _jax_eval(model, variables, batch, size):
 
 def _jax_train(model, batch, size, num_classes):
   tx = optax.sgd(0.01, momentum=0.9)
-  state = train_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (1, size, size, 3))
+  state = train_step.create_train_state(model, tx, jax.random.PRNGKey(0), (1, size, size, 3))
   rng = np.random.RandomState(1)
   data = {'image': jnp.asarray(rng.randn(batch, size, size, 3), jnp.float32),
           'label': jnp.asarray(rng.randint(0, num_classes, (batch, size, size)), jnp.int32)}
-  step = jax.jit(functools.partial(train_lib.train_step, learning_rate_fn=lambda s: 0.01,
-                                   axis_name=None), donate_argnums=(0,))
+  step = jax.jit(functools.partial(
+      train_step.train_step, learning_rate_fn=lambda s: 0.01, axis_name=None,
+      cross_entropy_sums=kernels.get(model.kernels).cross_entropy_sums), donate_argnums=(0,))
   start = time.perf_counter()
   compiled = step.lower(state, data).compile()
   compile_s = time.perf_counter() - start
@@ -81,7 +77,7 @@ def _jax_train(model, batch, size, num_classes):
 
 def _mmseg_runs(batch, size, train_batch, train_size, num_classes):
   import torch  # pylint: disable=g-import-not-at-top
-  import mmseg_reference  # pylint: disable=g-import-not-at-top
+  from psp_jax import testing as mmseg_reference  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
   model = mmseg_reference.build_pspnet(depth=50, num_classes=num_classes)
   images = torch.randn(batch, 3, size, size)
@@ -160,6 +156,7 @@ def main():
   parser.add_argument('--dtype', default='float32', help="compute dtype, e.g. 'bfloat16'")
   parser.add_argument('--peak_tflops', type=float, default=None,
                       help='device peak for MFU (e.g. 989 for H100 SXM bf16 dense)')
+  parser.add_argument('--kernels', default='auto', help="config.model.kernels: 'auto', 'xla' or 'cpu'")
   parser.add_argument('--skip_mmseg', action='store_true')
   parser.add_argument('--out', default=None, help='JSON file for the table')
   parser.add_argument('--max_batch', action='store_true',
@@ -167,8 +164,9 @@ def main():
   args = parser.parse_args()
 
   num_classes = 150
-  config = ade20k.get_model_config()
+  config = base_config.get_model_config()
   config.dtype = args.dtype
+  config.kernels = kernels.resolve(args.kernels, jax.devices()[0].platform)
   model = build_model(config)
   if args.max_batch:
     print(f'{jax.devices()[0].device_kind}, dtype {args.dtype}, train crop {args.train_crop}')

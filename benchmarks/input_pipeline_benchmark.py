@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import zipfile
@@ -48,12 +47,10 @@ from PIL import Image  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT]
-
-from configs import ade20k as ade20k_config  # noqa: E402  pylint: disable=g-import-not-at-top
-from psp_jax import input_pipeline  # noqa: E402  pylint: disable=g-import-not-at-top
-from psp_jax.datasets import ade20k  # noqa: E402  pylint: disable=g-import-not-at-top
+from psp_jax import augment as augment_lib  # noqa: E402
+from psp_jax import input_pipeline  # noqa: E402
+from psp_jax import config as ade20k_config  # noqa: E402  (its defaults are the ADE20K recipe)
+from psp_jax.datasets import ade20k  # noqa: E402
 
 
 def _image_size(rng: np.random.RandomState) -> tuple[int, int]:
@@ -178,13 +175,13 @@ def stages(builder, augment_config, per_device_batch: int):
   def rescale(index, image, label):
     # augment's first step, with the seed augment gives it.
     seed = tf.random.experimental.stateless_split(seed_of(index), 6)[0]
-    return input_pipeline.random_rescale(tf.cast(image, tf.float32), label, seed,
+    return augment_lib.random_rescale(tf.cast(image, tf.float32), label, seed,
                                          config['scale_range'], config.get('resize_scale'))
 
   def augment(overrides):
     step_config = dict(config, **overrides)
-    return lambda index, image, label: input_pipeline.augment(image, label, seed_of(index),
-                                                              step_config)
+    return lambda index, image, label: augment_lib.augment(image, label, seed_of(index),
+                                                           step_config)
 
   yield 'read (no decode)', _stage_dataset(builder, per_device_batch,
                                            lambda i, image, label: (image, label), False), 1
@@ -196,7 +193,7 @@ def stages(builder, augment_config, per_device_batch: int):
   yield '+ flip', _stage_dataset(builder, per_device_batch, augment(dict(photometric=False))), 1
   yield '+ photometric (augment)', _stage_dataset(builder, per_device_batch, augment({})), 1
   split = input_pipeline.create_split(builder, 'train', augment_config, per_device_batch,
-                                      train=True, seed=0)
+                                      seed=0)
   batch = int(np.prod(split.element_spec['image'].shape[:2]))
   yield f'create_split (batch {batch})', split, batch
 

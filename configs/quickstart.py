@@ -12,11 +12,11 @@ Ablation without the pyramid pooling module (a plain dilated FCN):
 import ml_collections
 from ml_collections import config_dict
 
-from configs import ade20k
+from psp_jax import config as base
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ade20k.get_config()
+  config = base.get_config()
   config.dataset.name = 'synthetic_scenes/default'
   config.dataset.prepare = True     # generated locally, nothing to download
 

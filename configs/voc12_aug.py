@@ -10,11 +10,11 @@ global batch 16, 50 epochs of 10,582 images, 473x473 crops, rotation and blur, h
 import ml_collections
 from ml_collections import config_dict
 
-from configs import ade20k
+from psp_jax import config as base
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ade20k.get_config()
+  config = base.get_config()
   config.dataset.name = 'voc12_aug'  # psp_jax.datasets.voc12_aug: 10,582 train / 1,449 val
 
   model = config.model                 # semseg PSPNet(layers=50)

@@ -1,4 +1,4 @@
-"""Config keys: every psp_jax config derives from configs/ade20k.py, whose keys are all there are.
+"""Config keys: every psp_jax config derives from psp_jax/config.py, whose keys are all there are.
 
 A key outside that set is a typo or a knob psp_jax does not have; either way the run would go
 on without it. `check_config` refuses a config file that sets one and `parse_flags` a
@@ -7,8 +7,6 @@ on without it. `check_config` refuses a config file that sets one and `parse_fla
 """
 
 import difflib
-import importlib.util
-import pathlib
 import re
 import sys
 from typing import Iterator
@@ -16,16 +14,12 @@ from typing import Iterator
 import ml_collections
 from absl import app
 
-# The base config; the others import it and override values, never adding keys.
-SCHEMA_FILE = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'ade20k.py'
+from psp_jax import classes, config as base
 
 
 def schema() -> ml_collections.ConfigDict:
-  """configs/ade20k.py's get_config(): the keys (and default values) of every config."""
-  spec = importlib.util.spec_from_file_location('_psp_jax_config_schema', SCHEMA_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """psp_jax.config.get_config(): the keys (and default values) of every config."""
+  return base.get_config()
 
 
 def key_paths(config, prefix: str = '') -> Iterator[str]:
@@ -53,9 +47,9 @@ def unknown_keys(paths, known: set[str], prefix: str) -> list[str]:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError on a key configs/ade20k.py lacks, or num_classes not the dataset's.
+  """Raises ValueError on a key psp_jax/config.py lacks, or num_classes not the dataset's.
 
-  Called first by train_lib.train_and_evaluate, evaluate.py and predict.py: it is cheap and
+  Called first by train_loop.train_and_evaluate, evaluate.py and predict.py: it is cheap and
   comes before any data or model work, so a typo costs seconds, not a run.
   """
   known = set(key_paths(schema()))
@@ -63,10 +57,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise ValueError(
         f'Unknown config key{"s" * (len(unknown) > 1)} {", ".join(unknown)}. psp_jax reads '
-        f'only the keys of configs/{SCHEMA_FILE.name}, which every config derives from; any '
+        'only the keys of psp_jax/config.py, which every config derives from; any '
         'other key would be ignored. Fix the name in your config file.')
-  from psp_jax import datasets  # pylint: disable=g-import-not-at-top  (TF, TFDS)
-  class_names = datasets.dataset_module(config.dataset.name).CLASS_NAMES
+  class_names, _ = classes.for_dataset(config.dataset.name)
   if config.model.num_classes != len(class_names):
     raise ValueError(
         f'config.model.num_classes={config.model.num_classes}, but {config.dataset.name} has '

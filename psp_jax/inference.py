@@ -9,6 +9,7 @@ original size are averaged (mmseg's SegTTAModel, semseg's test.py).
 Arrays are NHWC numpy/jax; an image is [H, W, 3] in 0-255 RGB, a label map [H, W].
 """
 
+import dataclasses
 import functools
 from typing import Any, Sequence
 
@@ -16,9 +17,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psp_jax.input_pipeline import MEAN_RGB, STDDEV_RGB
-from psp_jax.models import resample
-from psp_jax.models.pspnet import PSPNet, upsample_logits
+from psp_jax import resample, spec
+
+
+@dataclasses.dataclass(frozen=True)
+class TestProtocol:
+  """config.test, read once: how an image is resized, run and scored (configs/base.py)."""
+  mode: str = 'whole'                        # 'whole' or 'slide'
+  crop_size: tuple[int, int] | None = None   # slide windows
+  stride: tuple[int, int] | None = None
+  window_batch: int = 4
+  size_divisor: int | None = None            # pad the network input to a multiple of it
+  resize: str = 'keep_ratio'                 # see `test_size`
+  test_scale: tuple[int, int] | None = None
+  base_size: int | None = None
+  scales: tuple[float, ...] = (1.0,)
+  flip: bool = False
+
+  __test__ = False  # not a pytest test class
+
+  @classmethod
+  def from_config(cls, test) -> 'TestProtocol':
+    def tuple_or_none(value):
+      return None if value is None else tuple(value)
+    return cls(mode=test.mode, crop_size=tuple_or_none(test.crop_size),
+               stride=tuple_or_none(test.stride), window_batch=test.window_batch,
+               size_divisor=test.size_divisor, resize=test.resize,
+               test_scale=tuple_or_none(test.test_scale), base_size=test.base_size,
+               scales=tuple(test.scales), flip=bool(test.flip))
+
+  @property
+  def single_pass(self) -> bool:
+    """One whole-image pass per image at a padded size: the bucketed, pmapped evaluation."""
+    return (self.mode == 'whole' and self.scales == (1.0,) and not self.flip
+            and bool(self.size_divisor))
 
 
 def round_up(n: int, divisor: int) -> int:
@@ -66,15 +98,15 @@ def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-  return (image.astype(np.float32) - np.float32(MEAN_RGB)) / np.float32(STDDEV_RGB)
+  """[H, W, 3] 0-255 RGB -> float32, normalised as the model was trained (spec)."""
+  return (image.astype(np.float32) - np.float32(spec.MEAN_RGB)) / np.float32(spec.STDDEV_RGB)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _logits_at_input_size(model: PSPNet, variables, images):
-  """Eval-mode logits upsampled to the input size. Jitted per (model, shape), shared by all
-  Predictors, so evaluating new variables of the same model does not recompile."""
-  outputs = model.apply(variables, images, train=False)
-  return upsample_logits(outputs['logits'], images.shape[1:3], model.align_corners)
+def _logits_at_input_size(model, variables, images):
+  """PSPNet.segment, jitted per (model, shape) and shared by all Predictors, so
+  evaluating new variables of the same model does not recompile."""
+  return model.apply(variables, images, method='segment')
 
 
 class Predictor:
@@ -88,7 +120,7 @@ class Predictor:
   batches of `window_batch` (the last batch padded), so it compiles once per window shape.
   """
 
-  def __init__(self, model: PSPNet, variables: Any, mode: str = 'whole',
+  def __init__(self, model, variables: Any, mode: str = 'whole',
                crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
                window_batch: int = 4, size_divisor: int | None = None):
     if mode not in ('whole', 'slide'):
@@ -130,8 +162,8 @@ class Predictor:
     return total / count
 
 
-def predictor_for_test(model: PSPNet, variables: Any, test) -> Predictor:
-  """The Predictor `config.test` asks for (mode, crop, stride, window batch, size divisor)."""
+def predictor_for_test(model, variables: Any, test: TestProtocol) -> Predictor:
+  """The Predictor `test` asks for (mode, crop, stride, window batch, size divisor)."""
   return Predictor(model, variables, mode=test.mode, crop_size=test.crop_size, stride=test.stride,
                    window_batch=test.window_batch, size_divisor=test.size_divisor)
 
@@ -153,27 +185,24 @@ def test_size(height: int, width: int, resize: str, scale: float = 1.0,
   raise ValueError(f"resize={resize!r}: use 'keep_ratio', 'base_size' or 'none'.")
 
 
-def predict(predictor: Predictor, image: np.ndarray, *, scales: Sequence[float] = (1.0,),
-            flip: bool = False, resize: str = 'keep_ratio',
-            test_scale: Sequence[int] | None = None,
-            base: int | None = None) -> np.ndarray:
+def predict(predictor: Predictor, image: np.ndarray, test: TestProtocol) -> np.ndarray:
   """Class scores for one image at its original size: [H, W, num_classes].
 
   Args:
     image: [H, W, 3] uint8 RGB, as read from disk.
-    scales: multipliers of the test scale; flip: add horizontally flipped inputs.
-    resize: 'keep_ratio' (mmseg: `test_scale` = (long, short) edge limits), 'base_size'
-      (semseg: the long side becomes `base` x scale), or 'none' (x scale only).
+    test: its scales (multipliers of the test scale), flip (add horizontally flipped
+      inputs) and resize: 'keep_ratio' (mmseg: `test_scale` = (long, short) edge limits),
+      'base_size' (semseg: the long side becomes `base_size` x scale), or 'none'.
   Returns:
     Logits when there is one input (one scale, no flip), as mmseg's `seg_logits`;
     otherwise softmax probabilities averaged over the inputs (mmseg TTA, semseg ms).
   """
   height, width = image.shape[:2]
   align_corners = predictor.model.align_corners
-  inputs = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
+  inputs = [(s, f) for s in test.scales for f in ((False, True) if test.flip else (False,))]
   total = None
   for scale, flipped in inputs:
-    size = test_size(height, width, resize, scale, test_scale, base)
+    size = test_size(height, width, test.resize, scale, test.test_scale, test.base_size)
     x = normalize(resize_image(image, size))
     logits = predictor(x[:, ::-1] if flipped else x)
     logits = logits[:, ::-1] if flipped else logits

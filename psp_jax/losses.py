@@ -1,160 +1,43 @@
 """Segmentation cross-entropy with an ignore label, exact under data parallelism."""
 
-import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from psp_jax.models import resample
-
-IGNORE_LABEL = 255
-
-
-# Logit values per block of output rows in the forward pass, instead of the whole
-# [B, H, W, K] map that XLA would otherwise hold several times over (logits,
-# log-probabilities, their gradient: 75 MB each at 2x256x256x150, 1.3 GB at
-# 8x512x512x150). On CPU ~1M (4 MB, in cache; the full map was faulted in from fresh
-# pages at every step); elsewhere 32M, few enough loop iterations for an accelerator.
-_BLOCK_VALUES = {'cpu': 1 << 20}
-_ACCELERATOR_BLOCK_VALUES = 1 << 25
+from psp_jax import resample, spec
 
 
 def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
                                  align_corners: bool = False,
-                                 ignore_label: int = IGNORE_LABEL
+                                 ignore_label: int = spec.IGNORE_LABEL
                                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Summed cross-entropy of the logits bilinearly upsampled to the labels, and argmax hits.
-
-  -log_softmax(upsample_logits(logits, labels.shape[1:3], align_corners)) at the
-  labels, summed over labelled pixels (the same values up to summation order), without
-  ever holding the full-resolution logits: the forward pass runs over blocks of output
-  rows, and the backward pass over the rows of the logits, recomputing the upsampled
-  rows each one reads from the logits upsampled along W only ([B, h, W, K]) and the
-  per-pixel log-sum-exp saved by the forward pass. Train step at 2x256x256 with 150
-  classes: the loss's share of XLA's temporary memory 375 -> 57 MB, and its forward
-  + backward 160 -> 72 ms on 2 cores.
 
   Args:
     logits: [B, h, w, K] at the model's output stride.
     labels: [B, H, W] int32 class ids, `ignore_label` where unlabelled.
   Returns:
-    (sum of -log p[label] over valid pixels, number of valid pixels whose argmax over
-    the upsampled logits is the label), scalars of at least float32; only the first has a
-    gradient.
+    (sum of -log p[label] over labelled pixels, number of labelled pixels whose argmax
+    over the upsampled logits is the label), scalars in the logits' precision (at least
+    float32); only the first has a gradient.
   """
-  return _upsampled_ce(logits, labels, bool(align_corners), int(ignore_label))
-
-
-def _accumulation_dtype(logits: jnp.ndarray):
-  """float32 for float32 and narrower logits, float64 for float64 ones."""
-  return jnp.promote_types(logits.dtype, jnp.float32)
-
-
-def _widen(logits: jnp.ndarray, width: int, align_corners: bool) -> jnp.ndarray:
-  """[h, B, W, K]: upsampled along W only, rows first so that each row is one slice."""
-  return resample.interpolate_axis(logits, 2, width, align_corners).transpose(1, 0, 2, 3)
-
-
-def _rows(widened, lower, upper, frac):
-  """[r, B, W, K] (at least float32): output rows blended from rows `lower`/`upper`, as interpolate_axis."""
-  frac = frac.reshape(-1, 1, 1, 1).astype(widened.dtype)
-  return (jnp.take(widened, lower, axis=0) * (1 - frac)
-          + jnp.take(widened, upper, axis=0) * frac).astype(_accumulation_dtype(widened))
-
-
-def _forward(logits, labels, align_corners, ignore_label):
-  batch, height, width = labels.shape
-  widened = _widen(logits, width, align_corners)
-  values = _BLOCK_VALUES.get(jax.default_backend(), _ACCELERATOR_BLOCK_VALUES)
-  block = max(1, min(height, values // (batch * width * logits.shape[-1])))
-  pad = -height % block   # padded rows read row 0 with an ignored label
-  taps = [jnp.asarray(np.pad(t, (0, pad)).reshape(-1, block))
-          for t in resample.bilinear_taps(logits.shape[1], height, align_corners, logits.dtype)]
-  block_labels = jnp.pad(labels, ((0, 0), (0, pad), (0, 0)), constant_values=ignore_label)
-  block_labels = block_labels.reshape(batch, -1, block, width).transpose(1, 2, 0, 3)
-
-  def body(totals, rows):
-    lower, upper, frac, row_labels = rows
-    row_logits = _rows(widened, lower, upper, frac)                   # [r, B, W, K]
-    valid = row_labels != ignore_label
-    classes = jax.lax.broadcasted_iota(jnp.int32, row_logits.shape, 3)
-    picked = jnp.sum(jnp.where(classes == row_labels[..., None], row_logits, 0.0), axis=-1)
-    top = jnp.max(row_logits, axis=-1)
-    log_sum = jnp.log(jnp.sum(jnp.exp(row_logits - top[..., None]), axis=-1))
-    # As jax.nn.log_softmax rounds: -log p = log(sum exp(x - max)) - (x[label] - max).
-    loss = jnp.sum(jnp.where(valid, log_sum - (picked - top), 0.0))
-    # jnp.argmax's first maximum as a min-reduction: argmax is a variadic reduce of
-    # (value, index) pairs, the old loss's slowest fusion on CPU (39 ms at 2x256x256x150).
-    first_top = jnp.min(jnp.where(row_logits == top[..., None], classes, row_logits.shape[-1]),
-                        axis=-1)
-    hits = jnp.sum(valid & (first_top == row_labels)).astype(totals[1].dtype)
-    return (totals[0] + loss, totals[1] + hits), top + log_sum
-
-  zero = jnp.zeros((), _accumulation_dtype(logits))
-  (loss, hits), log_normaliser = jax.lax.scan(body, (zero, zero), (*taps, block_labels))
-  log_normaliser = log_normaliser.reshape(-1, batch, width)[:height]     # [H, B, W]
-  return (loss, hits), (logits, labels, log_normaliser)
-
-
-@functools.lru_cache(maxsize=None)
-def _transposed_taps(in_rows: int, out_rows: int, align_corners: bool, dtype):
-  """For each input row i: the output rows that read it and their weights.
-
-  Returns (rows, weights, lower, upper, frac), each [in_rows, span]: output rows
-  rows[i] (a run of `span` rows, weight 0 where a row does not read i), the weight of
-  input row i in each, and those rows' own taps to recompute them.
-  """
-  lower, upper, frac = resample.bilinear_taps(in_rows, out_rows, align_corners, dtype)
-  matrix = resample.bilinear_matrix(in_rows, out_rows, align_corners, dtype)   # [out, in]
-  reads = [np.flatnonzero((lower == i) | (upper == i)) for i in range(in_rows)]
-  span = min(out_rows, max(r[-1] - r[0] + 1 if len(r) else 1 for r in reads))
-  first = np.array([min(r[0], out_rows - span) if len(r) else 0 for r in reads])
-  rows = first[:, None] + np.arange(span)
-  weights = matrix[rows, np.arange(in_rows)[:, None]]
-  return rows, weights, lower[rows], upper[rows], frac[rows]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _upsampled_ce(logits, labels, align_corners, ignore_label):
-  return _forward(logits, labels, align_corners, ignore_label)[0]
-
-
-def _backward(align_corners, ignore_label, residuals, cotangents):
-  logits, labels, log_normaliser = residuals
-  grad = cotangents[0]
-  width = labels.shape[2]
-  widened = _widen(logits, width, align_corners)
-  labels = labels.transpose(1, 0, 2)                                    # [H, B, W]
-  tables = [jnp.asarray(t) for t in _transposed_taps(logits.shape[1], labels.shape[0],
-                                                     align_corners, np.dtype(logits.dtype))]
-
-  def body(_, taps):
-    rows, weights, lower, upper, frac = taps
-    row_logits = _rows(widened, lower, upper, frac)                    # [span, B, W, K]
-    row_labels = jnp.take(labels, rows, axis=0)
-    probs = jnp.exp(row_logits - jnp.take(log_normaliser, rows, axis=0)[..., None])
-    classes = jax.lax.broadcasted_iota(jnp.int32, row_logits.shape, 3)
-    row_grad = jnp.where((row_labels != ignore_label)[..., None],
-                         probs - (classes == row_labels[..., None]), 0.0)
-    # Unrolled over the span: as a reduction XLA:CPU hands it to YNNPACK (loss 870 ms, not 72).
-    total = sum(weights[j] * row_grad[j] for j in range(row_grad.shape[0]))
-    return None, grad * total
-
-  _, widened_grad = jax.lax.scan(body, None, tables)                   # [h, B, W, K]
-  columns = resample.bilinear_matrix(logits.shape[2], width, align_corners, logits.dtype)
-  logits_grad = jnp.einsum('Ww,hbWk->bhwk', jnp.asarray(columns), widened_grad)
-  return logits_grad.astype(logits.dtype), None
-
-
-_upsampled_ce.defvjp(_forward, _backward)
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  upsampled = resample.resize_bilinear(logits, labels.shape[1:3], align_corners).astype(dtype)
+  valid = labels != ignore_label
+  log_probs = jax.nn.log_softmax(upsampled, axis=-1)
+  picked = jnp.take_along_axis(log_probs, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  loss = -jnp.sum(jnp.where(valid, picked, 0.0))
+  hits = jnp.sum(valid & (jnp.argmax(upsampled, axis=-1) == labels)).astype(dtype)
+  return loss, jax.lax.stop_gradient(hits)
 
 
 def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
                       aux_weight: float = 0.4, average: str = 'valid',
-                      align_corners: bool = False, ignore_label: int = IGNORE_LABEL,
-                      axis_name: str | None = None) -> tuple[jnp.ndarray, dict[str, Any]]:
+                      align_corners: bool = False, ignore_label: int = spec.IGNORE_LABEL,
+                      axis_name: str | None = None,
+                      cross_entropy_sums: Callable | None = None
+                      ) -> tuple[jnp.ndarray, dict[str, Any]]:
   """CE(main) + aux_weight * CE(aux), logits upsampled bilinearly to the label size.
 
   `average='valid'` divides by the number of labelled pixels (semseg, and mmseg's
@@ -162,6 +45,7 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
   `axis_name`, the denominator is the count over the whole pmapped batch, scaled by
   the number of devices, so that `lax.pmean` of the per-device gradients equals the
   gradient of the global-batch loss exactly, however labelled pixels are spread.
+  `cross_entropy_sums` replaces `upsampled_cross_entropy_sums` (psp_jax.kernels' CPU one).
 
   Args:
     outputs: model outputs, 'logits' and optionally 'aux_logits', [B, h, w, K].
@@ -183,8 +67,8 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
   for key, name, weight in (('logits', 'main_loss', 1.0), ('aux_logits', 'aux_loss', aux_weight)):
     if key not in outputs or weight == 0:
       continue
-    total, hits = upsampled_cross_entropy_sums(outputs[key], labels, align_corners,
-                                               ignore_label)
+    total, hits = (cross_entropy_sums or upsampled_cross_entropy_sums)(
+        outputs[key], labels, align_corners, ignore_label)
     if key == 'logits':
       accuracy_counts = jnp.stack([hits, num_labelled])
     terms[name] = (weight, total / denominator)

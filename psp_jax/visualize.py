@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from psp_jax.losses import IGNORE_LABEL
+from psp_jax.spec import IGNORE_LABEL
 
 
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:

@@ -24,7 +24,9 @@ from configs import ade20k as ade20k_config
 from configs import cityscapes as cityscapes_config
 from configs import quickstart
 from configs import voc12_aug as voc_config
-from psp_jax import checkpoint, config_check, datasets, input_pipeline, train_lib
+from psp_jax import checkpoint, config_check, input_pipeline, optimizer, train_loop, train_step
+from psp_jax.datasets import checks
+from psp_jax.models import build_model
 from psp_jax.datasets import ade20k, cityscapes, synthetic_scenes, voc12_aug
 from psp_jax.datasets.features import segmentation_features
 from test_cityscapes import fake_frame
@@ -56,8 +58,8 @@ def test_unknown_key_in_a_config_file_names_it_and_the_closest_known_key(tmp_pat
   config.optimizer.learnin_rate = 0.1
   with pytest.raises(ValueError, match=r'Unknown config keys config\.augmnet \(did you mean '
                      r'config\.augment\?\), config\.optimizer\.learnin_rate \(did you mean '
-                     r'config\.optimizer\.learning_rate\?\)\. .*configs/ade20k\.py'):
-    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+                     r'config\.optimizer\.learning_rate\?\)\. .*psp_jax/config\.py'):
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   assert not (tmp_path / 'workdir').exists() and not (tmp_path / 'tfds').exists()
 
 
@@ -80,7 +82,7 @@ def test_num_classes_other_than_the_datasets_is_refused(tmp_path):
   config.model.num_classes = 5  # synthetic scenes have 8: labels 5..7 would be out of range
   with pytest.raises(ValueError, match=r'config\.model\.num_classes=5, but synthetic_scenes/tiny '
                      r'has 8 classes .* Set --config\.model\.num_classes=8'):
-    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   assert not (tmp_path / 'workdir').exists()
 
 
@@ -116,7 +118,7 @@ def test_dataset_not_prepared_and_prepare_off_says_how_to_prepare(tmp_path):
   with pytest.raises(FileNotFoundError, match=(
       rf'synthetic_scenes/tiny is not prepared in {re.escape(str(tmp_path / "tfds"))}, and '
       r'config\.dataset\.prepare=False\. Set --config\.dataset\.prepare=True')):
-    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   assert not (tmp_path / 'workdir').exists()
 
 
@@ -126,7 +128,7 @@ def test_ade20k_not_prepared_says_where_its_archive_goes(tmp_path):
   config.model.num_classes = 150
   with pytest.raises(FileNotFoundError, match=r'(?s)ade20k is not prepared.*'
                      r'put the unmodified `ADEChallengeData2016\.zip`'):
-    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
 
 
 @pytest.mark.parametrize('name, num_classes, archives', [
@@ -140,12 +142,12 @@ def test_missing_manual_archives_are_named_with_the_folder_they_go_in(tmp_path, 
   manual_dir = tmp_path / 'tfds' / 'downloads' / 'manual'
   with pytest.raises(FileNotFoundError, match=rf'{re.escape(str(manual_dir))} lacks '
                      rf'{re.escape(archives[0])}, {re.escape(archives[1])}\. Put them there'):
-    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   manual_dir.mkdir(parents=True)
   (manual_dir / archives[0]).write_bytes(b'')  # one of the two is there
   with pytest.raises(FileNotFoundError, match=rf'{re.escape(str(manual_dir))} lacks '
                      rf'{re.escape(archives[1])}\. Put it there'):
-    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   assert not (tmp_path / 'workdir').exists()
 
 
@@ -206,18 +208,18 @@ def _bad_examples(tmp_path, name):
 
 
 def _readers(builder):
-  """Each way the pipeline reads a split: training, training's validation, evaluate.py."""
-  decode = datasets.decoder(synthetic_scenes)  # 8 classes, our format
+  """Each way the pipeline reads a split: training, and evaluation (train.py and evaluate.py)."""
+  decode = checks.decoder(synthetic_scenes)  # 8 classes, our format
   augment = dict(quickstart.get_config().augment, crop_size=(8, 8))
 
-  def batch(train):
-    ds = input_pipeline.create_split(builder, 'train', augment, 1, train=train, decode=decode)
-    return next(datasets.name_corrupt_images(tfds.as_numpy(ds), builder, 'train'))
+  def batch():
+    ds = input_pipeline.create_split(builder, 'train', augment, 1, decode=decode)
+    return next(checks.name_corrupt_images(tfds.as_numpy(ds), builder, 'train'))
 
-  def evaluate():  # as evaluation.evaluate_config reads examples
+  def evaluate():  # as evaluator.evaluate_split reads examples
     examples = tfds.as_numpy(builder.as_dataset(split='validation').map(decode))
-    return list(datasets.name_corrupt_images(examples, builder, 'validation'))
-  return {'train': lambda: batch(True), 'validation': lambda: batch(False), 'evaluate': evaluate}
+    return list(checks.name_corrupt_images(examples, builder, 'validation'))
+  return {'train': batch, 'evaluate': evaluate}
 
 
 def test_label_values_outside_the_classes_name_the_file_and_the_values(tmp_path):
@@ -241,7 +243,7 @@ def test_label_of_another_size_than_its_image_names_the_file_and_sizes(tmp_path)
 
 def test_good_examples_pass_the_checks_unchanged(tmp_path):
   builder = _bad_examples(tmp_path, 'label_values')
-  decode = datasets.decoder(synthetic_scenes)
+  decode = checks.decoder(synthetic_scenes)
   stored = builder.as_dataset(split='train').filter(lambda ex: ex['file_name'] == 'good.jpg')
   [(example, (image, label))] = tfds.as_numpy(stored.map(lambda ex: (ex, decode(ex))))
   np.testing.assert_array_equal(image, example['image'])
@@ -254,12 +256,12 @@ def test_cityscapes_labels_are_checked_after_mapping_ids_to_train_ids():
   label_ids[0, 0] = 0  # unlabeled -> 255
   example = {'image_left': tf.zeros((4, 6, 3), tf.uint8), 'segmentation_label': label_ids,
              'image_id': tf.constant('aachen_000000_000019')}
-  _, label = datasets.decoder(cityscapes)(example)
+  _, label = checks.decoder(cityscapes)(example)
   assert label.numpy()[0, 0, 0] == 255 and (label.numpy()[1:] == 18).all()
   example['image_left'] = tf.zeros((4, 5, 3), tf.uint8)
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r'aachen_000000_000019: label size \[4 6\] differs'):
-    datasets.decoder(cityscapes)(example)
+    checks.decoder(cityscapes)(example)
 
 
 def test_corrupt_image_names_the_file_not_a_bare_decode_error(tmp_path):
@@ -298,7 +300,7 @@ def test_corrupt_image_stops_training_naming_the_file(tmp_path):
   _write_cityscapes_archives(tmp_path / 'tfds' / 'downloads' / 'manual', corrupt=0)
   with pytest.raises(ValueError, match=r'cityscapes/semantic_segmentation/1\.0\.0 train: 1 stored '
                      r'image\(s\) do not decode: aachen_000000_000019 \(image_left\)'):
-    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
 
 
 # ------------------------------------------------------------ checkpoints of another model
@@ -307,12 +309,12 @@ def test_corrupt_image_stops_training_naming_the_file(tmp_path):
 def test_resuming_a_workdir_of_another_model_lists_the_shapes(tmp_path):
   workdir = str(tmp_path / 'workdir')
   trained = tiny_config(str(tmp_path / 'tfds'), steps=2)
-  tx = train_lib.optimizer.create_optimizer(trained.optimizer, 2)
-  shapes = jax.eval_shape(lambda: train_lib.create_train_state(
-      train_lib.build_model(trained.model), tx, jax.random.PRNGKey(0), (1, 32, 32, 3)))
+  tx = optimizer.create_optimizer(trained.optimizer, 2)
+  shapes = jax.eval_shape(lambda: train_step.create_train_state(
+      build_model(trained.model), tx, jax.random.PRNGKey(0), (1, 32, 32, 3)))
   state = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), shapes)  # no compile
-  latest, _ = train_lib._checkpoint_managers(workdir, trained)  # pylint: disable=protected-access
-  train_lib._save(latest, 1, jax_utils.replicate(state))  # pylint: disable=protected-access
+  latest, _ = checkpoint.managers(workdir, trained)
+  checkpoint.save_state(latest, 1, jax_utils.replicate(state))
   latest.wait_until_finished()
   (tmp_path / 'workdir' / 'config.json').write_text(trained.to_json_best_effort())
   other = tiny_config(str(tmp_path / 'tfds'), steps=2)
@@ -323,14 +325,14 @@ def test_resuming_a_workdir_of_another_model_lists_the_shapes(tmp_path):
       r'the model config\.model builds \(6 arrays\):\n(.*\n)*  '
       r'params/decode_head/conv_seg/kernel: checkpoint \(1, 1, 8, 8\), model \(1, 1, 16, 8\)\n'
       r'(.*\n)*Train with the config in its config\.json')):
-    train_lib.train_and_evaluate(other, workdir)
+    train_loop.train_and_evaluate(other, workdir)
   # Found before the run wrote anything: the config it was trained with is still there.
   assert json.loads((tmp_path / 'workdir' / 'config.json').read_text())['model']['channels'] == 8
 
 
 def test_evaluate_with_a_checkpoint_of_another_model_lists_the_shapes(tmp_path):
   config = tiny_config(str(tmp_path / 'tfds'), steps=2)
-  variables = train_lib.variable_shapes(config.model)
+  variables = checkpoint.variable_shapes(build_model(config.model))
   variables = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), variables)
   path = checkpoint.save_variables(tmp_path / 'converted', variables)
   status, stderr = _run_script(
@@ -354,7 +356,7 @@ def test_workdir_that_cannot_be_written_is_named(tmp_path, where):
   with pytest.raises(OSError, match=rf'--workdir={re.escape(str(workdir))} is not a writable '
                      r'folder \(.*\): checkpoints, TensorBoard logs and config\.json go '
                      r'there') as error:
-    train_lib.train_and_evaluate(tiny_config(str(tmp_path / 'tfds'), steps=2), str(workdir))
+    train_loop.train_and_evaluate(tiny_config(str(tmp_path / 'tfds'), steps=2), str(workdir))
   assert error.type is OSError  # ours, not the bare FileExistsError / NotADirectoryError
   assert not (tmp_path / 'tfds').exists()  # before any dataset work
 
@@ -365,7 +367,7 @@ def test_read_only_workdir_is_named(tmp_path):
   workdir.mkdir(mode=0o500)
   with pytest.raises(OSError, match=rf'--workdir={re.escape(str(workdir))} is not a writable '
                      r'folder \(Permission denied\)'):
-    train_lib.train_and_evaluate(tiny_config(str(tmp_path / 'tfds'), steps=2), str(workdir))
+    train_loop.train_and_evaluate(tiny_config(str(tmp_path / 'tfds'), steps=2), str(workdir))
 
 
 def test_batch_size_not_divisible_by_the_devices_fails_before_any_work(tmp_path):
@@ -373,5 +375,5 @@ def test_batch_size_not_divisible_by_the_devices_fails_before_any_work(tmp_path)
   config.batch_size = 6
   assert jax.device_count() == 4  # tests/conftest.py
   with pytest.raises(ValueError, match=r'config\.batch_size=6 must be divisible by the 4 devices'):
-    train_lib.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   assert not (tmp_path / 'workdir').exists() and not (tmp_path / 'tfds').exists()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import mmseg_reference as ref
-from configs import ade20k
+from psp_jax import testing as ref
+from psp_jax import config as base_config
 from psp_jax import build_model, checkpoint
 from psp_jax.convert import ConversionError, convert_state_dict, load_torch_checkpoint
 
@@ -24,7 +24,7 @@ TINY_FLAGS = ['--config.model.depth=18', '--config.model.stem_widths=(4,4,8)',
 
 
 def _tiny_model(**overrides):
-  config = ade20k.get_model_config()
+  config = base_config.get_model_config()
   config.update(TINY, **overrides)
   return build_model(config)
 
@@ -92,7 +92,7 @@ def _fixture_state(name, seed=0):
 
 
 def _semseg_config(**overrides):
-  config = ade20k.get_model_config()
+  config = base_config.get_model_config()
   config.update({'stem_widths': (64, 64, 128), 'contract_dilation': False,
                  'align_corners': True, **overrides})
   return config

@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-import mmseg_reference as ref
-from configs import ade20k
-from psp_jax import build_model, evaluation, inference
+from psp_jax import testing as ref
+from psp_jax import config as base_config
+from psp_jax import build_model, evaluator, inference, metrics, spec
+from psp_jax.inference import TestProtocol
 from psp_jax.convert import convert_state_dict
 
 NUM_CLASSES = 19
@@ -46,7 +47,7 @@ def test_rescale_sizes_follow_mmcv_and_semseg():
 @pytest.fixture(scope='module')
 def converted():
   reference = ref.build_pspnet(depth=18, num_classes=NUM_CLASSES, seed=3)
-  config = ade20k.get_model_config()
+  config = base_config.get_model_config()
   config.update(depth=18, channels=128, ppm_channels=128, aux_channels=64,
                 num_classes=NUM_CLASSES)
   model = build_model(config)
@@ -63,8 +64,9 @@ def test_flip_averaging_is_symmetric(converted):
   _, model, variables = converted
   predictor = inference.Predictor(model, variables)
   image = _images()[0]
-  scores = inference.predict(predictor, image, flip=True, resize='none')
-  mirrored = inference.predict(predictor, image[:, ::-1], flip=True, resize='none')
+  flipped = TestProtocol(flip=True, resize='none')
+  scores = inference.predict(predictor, image, flipped)
+  mirrored = inference.predict(predictor, image[:, ::-1], flipped)
   np.testing.assert_allclose(scores, mirrored[:, ::-1], atol=1e-5)
   np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)  # averaged probabilities
 
@@ -79,7 +81,7 @@ def _mmseg_predictions(reference, images, mode, size_divisor=None):
   from mmseg.structures import SegDataSample
   reference.test_cfg = ConfigDict(mode=mode, crop_size=CROP, stride=STRIDE)
   preprocessor = SegDataPreProcessor(
-      mean=inference.MEAN_RGB, std=inference.STDDEV_RGB, pad_val=0, seg_pad_val=255,
+      mean=spec.MEAN_RGB, std=spec.STDDEV_RGB, pad_val=0, seg_pad_val=255,
       test_cfg=dict(size_divisor=size_divisor) if size_divisor else None)
   predictions = []
   for image in images:
@@ -101,7 +103,7 @@ def test_evaluation_path_matches_mmseg_inference(converted, mode, size_divisor):
   expected = _mmseg_predictions(reference, images, mode, size_divisor)
   predictor = inference.Predictor(model, variables, mode=mode, crop_size=CROP, stride=STRIDE,
                                   size_divisor=size_divisor)
-  ours = [inference.predict(predictor, image, test_scale=TEST_SCALE).argmax(-1)
+  ours = [inference.predict(predictor, image, TestProtocol(test_scale=TEST_SCALE)).argmax(-1)
           for image in images]
   agreement = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(ours, expected)]))
   assert agreement >= 0.999, agreement
@@ -111,9 +113,9 @@ def test_evaluation_path_matches_mmseg_inference(converted, mode, size_divisor):
             for e in expected]
   labels[0][:5] = 255
   def miou(predictions):
-    matrix = sum(np.asarray(evaluation.confusion_matrix(p[None], l[None], NUM_CLASSES))
+    matrix = sum(np.asarray(metrics.confusion_matrix(p[None], l[None], NUM_CLASSES))
                  for p, l in zip(predictions, labels))
-    return evaluation.segmentation_metrics(matrix)['mIoU']
+    return metrics.segmentation_metrics(matrix)['mIoU']
   assert abs(miou(ours) - miou(expected)) <= 0.01
   assert len({s for s in predictor.compiled_shapes}) <= len(images)
 
@@ -125,7 +127,7 @@ def test_size_divisor_bounds_compilations_over_many_image_sizes(converted):
   sizes = {(int(h), int(w)) for h, w in rng.randint(33, 97, (12, 2))}
   for size in sizes:
     scores = inference.predict(predictor, rng.randint(0, 256, (*size, 3)).astype(np.uint8),
-                               resize='none')
+                               TestProtocol(resize='none'))
     assert scores.shape == (*size, NUM_CLASSES)
   # Heights and widths in 33..96 fall in the buckets 64 and 96: at most 4 programs.
   assert len(sizes) > 8 and predictor.compiled_shapes <= {
@@ -141,16 +143,15 @@ def test_bucketed_pmap_evaluation_equals_per_image_predictions(converted):
     examples.append((rng.randint(0, 256, (h, w, 3)).astype(np.uint8),
                      np.where(rng.rand(h, w) < 0.1, 255, rng.randint(0, NUM_CLASSES, (h, w)))))
   predictor = inference.Predictor(model, variables, size_divisor=32)
-  expected = sum(np.asarray(evaluation.confusion_matrix(
-      inference.predict(predictor, image, test_scale=TEST_SCALE).argmax(-1)[None],
+  expected = sum(np.asarray(metrics.confusion_matrix(
+      inference.predict(predictor, image, TestProtocol(test_scale=TEST_SCALE)).argmax(-1)[None],
       label[None], NUM_CLASSES)) for image, label in examples)
-  evaluator = evaluation.BucketedEvaluator(model, variables, NUM_CLASSES, size_divisor=32,
-                                           resize='keep_ratio', test_scale=TEST_SCALE)
-  for image, label in examples:
-    evaluator.add(image, label)
-  matrix = evaluator.result()
+  bucketed = evaluator.Evaluator(model, TestProtocol(size_divisor=32, test_scale=TEST_SCALE),
+                                 NUM_CLASSES)
+  assert bucketed.sharded
+  matrix = bucketed.confusion(variables, examples)
   assert matrix.sum() == sum((label != 255).sum() for _, label in examples)
   # Identical up to argmax ties from float summation order on a handful of pixels.
   assert np.abs(matrix - expected).sum() <= 0.001 * matrix.sum(), np.abs(matrix - expected).sum()
   # Inputs in 32-pixel buckets, labels in 128-pixel ones: 7 sizes share 4 programs.
-  assert len(evaluator.buckets) <= 4, evaluator.buckets
+  assert bucketed.last_num_shapes <= 4, bucketed.last_num_shapes

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-import mmseg_reference as ref
+from psp_jax import testing as ref
 from configs import ade20k
-from psp_jax import build_model, optimizer, train_lib
+from psp_jax import build_model, optimizer, train_step
 from psp_jax import losses as losses_lib
 from psp_jax.convert import convert_state_dict
 
@@ -96,10 +96,10 @@ def train_ours(config, state_dict, batches):
   model = build_model(config.model)
   variables = convert_state_dict(state_dict, 'mmseg', model)
   tx = optimizer.create_optimizer(config.optimizer, config.num_train_steps)
-  state = train_lib.TrainState.create(
+  state = train_step.TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
       batch_stats=variables['batch_stats'], dropout_rng=jax.random.PRNGKey(0))
-  step = jax.jit(lambda state, batch: train_lib.train_step(
+  step = jax.jit(lambda state, batch: train_step.train_step(
       state, batch, optimizer.create_learning_rate_fn(config.optimizer, config.num_train_steps),
       aux_weight=config.aux_weight, loss_average=config.loss_average,
       align_corners=config.model.align_corners, axis_name=None))

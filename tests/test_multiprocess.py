@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import tiny_config
-from psp_jax import train_lib
+from psp_jax import train_loop
 from test_preemption import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def runs(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   single = str(tmp_path_factory.mktemp('single'))
   multi = str(tmp_path_factory.mktemp('multi'))
-  single_metrics = train_lib.train_and_evaluate(_config(data_dir, 4), single)
+  single_metrics = train_loop.train_and_evaluate(_config(data_dir, 4), single)
   logs = run_two_processes(multi, data_dir, 4)
   return dict(data_dir=data_dir, single=single, multi=multi, single_metrics=single_metrics,
               logs=logs)
@@ -89,7 +89,7 @@ def test_both_processes_resume_from_the_shared_checkpoint(runs):
   logs = run_two_processes(runs['multi'], runs['data_dir'], 6)
   for log in logs:
     assert 'at step 4' in log
-  train_lib.train_and_evaluate(_config(runs['data_dir'], 6), runs['single'])
+  train_loop.train_and_evaluate(_config(runs['data_dir'], 6), runs['single'])
   for a, b in zip(jax.tree_util.tree_leaves(_params(runs['multi'], 6)),
                   jax.tree_util.tree_leaves(_params(runs['single'], 6))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 import tiny_config
-from psp_jax import train_lib
+from psp_jax import train_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
@@ -76,7 +76,7 @@ def test_same_seed_same_losses(reference, data_dir, tmp_path):
   config = tiny_config.get_config()
   config.dataset.data_dir = data_dir
   config.update(num_train_steps=STEPS, eval_every_steps=0, num_preview_images=0)
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  train_loop.train_and_evaluate(config, str(tmp_path))
   assert losses(str(tmp_path)) == reference
   assert len(set(v[0] for v in reference.values())) > 1  # the losses did move
 
@@ -140,7 +140,7 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, 
   config.optimizer.learning_rate = 1e12
   with pytest.raises(FloatingPointError, match=r'Step (\d+): train/(loss|aux_loss|grad_norm) is '
                                                r'(nan|inf)') as error:
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    train_loop.train_and_evaluate(config, str(tmp_path))
   bad_step = int(re.search(r'Step (\d+)', str(error.value)).group(1))
   manager = ocp.CheckpointManager(os.path.join(str(tmp_path), 'checkpoints'))
   assert manager.all_steps() and max(manager.all_steps()) < bad_step

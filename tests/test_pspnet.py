@@ -5,15 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import ade20k
-from psp_jax import build_model, upsample_logits
+from psp_jax import config as base_config
+from psp_jax import build_model
 
 TINY = dict(depth=18, stem_widths=(4, 4, 8), base_width=4, channels=8, ppm_channels=8,
             aux_channels=4, num_classes=5)
 
 
 def _config(**overrides):
-  config = ade20k.get_model_config()
+  config = base_config.get_model_config()
   config.update({**TINY, **overrides})
   return config
 
@@ -35,7 +35,7 @@ def test_eval_outputs_at_one_eighth_and_upsampled_to_input(variables):
   assert set(outputs) == {'logits', 'aux_logits'}
   for logits in outputs.values():
     assert logits.shape == (2, 6, 8, 5) and logits.dtype == jnp.float32
-  full = upsample_logits(outputs['logits'], images.shape[1:3])
+  full = jax.jit(lambda v, x: model.apply(v, x, method='segment'))(variables, images)
   assert full.shape == (2, 41, 57, 5)
 
 
@@ -128,13 +128,17 @@ def test_build_model_rejects_bad_config():
 @pytest.mark.parametrize('align_corners', [False, True])
 def test_pyramid_bottleneck_equals_conv_over_the_concatenation(align_corners):
   """The head never builds PyramidPooling's concatenation; its output and gradients are the same."""
-  from psp_jax.models.pspnet import ConvBNReLU, PyramidBottleneck, PyramidPooling
+  from psp_jax.kernels.pyramid import PyramidBottleneck
+  from psp_jax.models.pspnet import ConvBNReLU, PyramidPooling, module_defs
+  conv, norm = module_defs(train=True)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 13, 11, 16))
-  ppm = PyramidPooling(channels=4, align_corners=align_corners)
+  ppm = PyramidPooling((1, 2, 3, 6), *module_defs(train=False), channels=4,
+                       align_corners=align_corners)
   ppm_vars = ppm.init(jax.random.PRNGKey(2), x)
   concat = ppm.apply(ppm_vars, x)
   branches = ppm.apply(ppm_vars, x, method=PyramidPooling.branches)
-  fused, plain = PyramidBottleneck(8, True, align_corners), ConvBNReLU(8, 3, True)
+  fused = PyramidBottleneck(8, conv, norm, align_corners)
+  plain = ConvBNReLU(8, 3, conv, norm)
   fused_vars = fused.init(jax.random.PRNGKey(3), x, branches)
   assert (jax.tree_util.tree_map(jnp.shape, fused_vars)
           == jax.tree_util.tree_map(jnp.shape, plain.init(jax.random.PRNGKey(3), concat)))

@@ -1,4 +1,5 @@
-"""Adaptive pooling and bilinear resizing match PyTorch exactly, on sizes that do not divide."""
+"""Adaptive pooling, max pooling and bilinear resizing match PyTorch, on sizes that do not
+divide: the plain ops (psp_jax.resample) and their psp_jax.kernels rewrites alike."""
 
 import jax
 import numpy as np
@@ -6,7 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psp_jax.models import resample
+from psp_jax import resample
+from psp_jax.kernels import pooling, pyramid, resize
+
+MAX_POOLS = {'plain': resample.max_pool, 'kernel': pooling.max_pool}
+RESIZES = {'plain': resample.resize_bilinear, 'kernel': resize.resize_bilinear}
 
 SIZES = [(7, 3), (13, 6), (5, 6), (97, 2), (1, 1), (60, 6), (17, 4)]
 
@@ -35,19 +40,20 @@ def test_adaptive_pool_matches_bin_loop_and_torch(in_h, out_h):
 
 def test_pyramid_of_pools_in_one_product_matches_torch():
   x = np.random.RandomState(0).randn(2, 13, 9, 5).astype(np.float32)
-  sizes = (1, 2, 3, 6, (4, 2))
-  pooled = resample.adaptive_avg_pools(x, sizes)
+  sizes = (1, 2, 3, 6, 4)
+  pooled = pyramid.adaptive_avg_pools(x, sizes)
   for size, ours in zip(sizes, pooled):
     ref = F.adaptive_avg_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), size)
     np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize('version', MAX_POOLS)
 @pytest.mark.parametrize('shape', [(2, 17, 12, 3), (1, 32, 32, 4), (2, 8, 9, 2)])
-def test_max_pool_values_and_gradient_match_torch_with_ties(shape):
+def test_max_pool_values_and_gradient_match_torch_with_ties(shape, version):
   rng = np.random.RandomState(0)
   x = np.maximum(rng.randn(*shape), 0).astype(np.float32)   # ReLU output: windows of zeros
   x[0, :4, :4] = 0.0
-  ours, vjp = jax.vjp(lambda v: resample.max_pool(v, window=3, stride=2, padding=1), x)
+  ours, vjp = jax.vjp(lambda v: MAX_POOLS[version](v, 3, 2, 1), x)
   torch_x = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
   ref = F.max_pool2d(torch_x, 3, 2, 1)
   grad = rng.randn(*ref.shape).astype(np.float32)
@@ -68,28 +74,30 @@ def test_adaptive_bins_overlap_when_size_does_not_divide():
 @pytest.mark.parametrize('in_size,out_size', [((6, 6), (97, 129)), ((13, 17), (97, 129)),
                                               ((97, 129), (13, 17)), ((1, 1), (5, 3)),
                                               ((3, 2), (64, 64))])
-def test_resize_matches_torch_interpolate(in_size, out_size, align_corners):
+@pytest.mark.parametrize('version', RESIZES)
+def test_resize_matches_torch_interpolate(in_size, out_size, align_corners, version):
   x = np.random.RandomState(0).randn(2, *in_size, 5).astype(np.float32)
-  ours = np.asarray(resample.resize_bilinear(x, out_size, align_corners))
+  ours = np.asarray(RESIZES[version](x, out_size, align_corners))
   ref = F.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=out_size, mode='bilinear',
                       align_corners=align_corners)
   np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
-
 @pytest.mark.parametrize('align_corners', [False, True])
 @pytest.mark.parametrize('in_size,out_size', [((6, 6), (97, 129)), ((97, 129), (13, 17)),
                                               ((1, 1), (5, 3))])
-def test_resize_gradient_matches_torch_backward(in_size, out_size, align_corners):
+@pytest.mark.parametrize('version', RESIZES)
+def test_resize_gradient_matches_torch_backward(in_size, out_size, align_corners, version):
   rng = np.random.RandomState(1)
   x = rng.randn(2, *in_size, 5).astype(np.float32)
   upstream = rng.randn(2, *out_size, 5).astype(np.float32)
-  _, vjp = jax.vjp(lambda v: resample.resize_bilinear(v, out_size, align_corners), x)
+  _, vjp = jax.vjp(lambda v: RESIZES[version](v, out_size, align_corners), x)
   ours = np.asarray(vjp(upstream)[0])
   x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
   F.interpolate(x_torch, size=out_size, mode='bilinear', align_corners=align_corners).backward(
       torch.from_numpy(upstream.transpose(0, 3, 1, 2)))
   np.testing.assert_allclose(ours, x_torch.grad.numpy().transpose(0, 2, 3, 1), atol=1e-4)
+
 
 def test_jax_image_resize_is_not_pytorch_when_downsampling():
   """Why resample exists: jax.image.resize antialiases, PyTorch does not."""
@@ -107,7 +115,7 @@ def test_upsampled_conv3x3_is_conv_of_torch_upsampling(in_size, out_size, align_
   x = rng.randn(2, in_size, in_size + 1, 5).astype(np.float32)
   kernel = rng.randn(3, 3, 5, 4).astype(np.float32)
   size = (out_size, out_size + 3)
-  ours = np.asarray(resample.upsampled_conv3x3(x, kernel, size, align_corners))
+  ours = np.asarray(pyramid.upsampled_conv3x3(x, kernel, size, align_corners))
   up = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size, mode='bilinear',
                      align_corners=align_corners)
   theirs = F.conv2d(up, torch.from_numpy(kernel).permute(3, 2, 0, 1), padding=1)

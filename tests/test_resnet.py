@@ -4,11 +4,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from psp_jax.models import resnet
+from psp_jax.models import pspnet, resnet
 
 
 def _tiny(**kwargs):
-  return resnet.DilatedResNet(stem_widths=(4, 4, 8), base_width=4, **kwargs)
+  return resnet.DilatedResNet(*pspnet.module_defs(train=False), stem_widths=(4, 4, 8),
+                              base_width=4, **kwargs)
 
 
 def _conv_size(size, stride):

@@ -7,11 +7,13 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 import tensorflow as tf
 
 import tiny_config as tiny
-from psp_jax import checkpoint, evaluation, train_lib
+import evaluate
+from psp_jax import checkpoint, metrics as metrics_lib, optimizer, train_loop, train_step
 from psp_jax.models.pspnet import build_model
 
 
@@ -36,11 +38,11 @@ def interrupted_run(tmp_path_factory):
   """Trains 2 of 3 steps, stops, then the same command with 3 steps resumes."""
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   workdir = str(tmp_path_factory.mktemp('workdir'))
-  first = train_lib.train_and_evaluate(tiny_config(data_dir, steps=2), workdir)
+  first = train_loop.train_and_evaluate(tiny_config(data_dir, steps=2), workdir)
   after_first = logged_train_steps(workdir)
   # The README passes a relative --workdir; Orbax itself accepts only absolute paths.
   relative = os.path.relpath(workdir)
-  second = train_lib.train_and_evaluate(tiny_config(data_dir, steps=3), relative)
+  second = train_loop.train_and_evaluate(tiny_config(data_dir, steps=3), relative)
   return dict(workdir=workdir, data_dir=data_dir, first=first, second=second,
               after_first=after_first)
 
@@ -49,10 +51,10 @@ def _restore(workdir, subdir, data_dir, steps):
   """The checkpoint manager of `workdir/subdir` and an abstract state to restore into."""
   config = tiny_config(data_dir, steps)
   model = build_model(config.model, bn_axis_name='batch')
-  tx = train_lib.optimizer.create_optimizer(config.optimizer, steps)
-  state = jax.eval_shape(lambda: train_lib.create_train_state(
+  tx = optimizer.create_optimizer(config.optimizer, steps)
+  state = jax.eval_shape(lambda: train_step.create_train_state(
       model, tx, jax.random.PRNGKey(0), (1, 32, 32, 3)))
-  managers = dict(zip(('checkpoints', 'best'), train_lib._checkpoint_managers(workdir, config)))
+  managers = dict(zip(('checkpoints', 'best'), checkpoint.managers(workdir, config)))
   return managers[subdir], state
 
 
@@ -63,13 +65,13 @@ def test_resume_continues_at_the_right_step(interrupted_run):
   assert logged_train_steps(workdir) == [1, 2, 3]
   manager, state = _restore(workdir, 'checkpoints', interrupted_run['data_dir'], 3)
   assert manager.all_steps() == [2, 3]
-  restored = train_lib.restore_state(manager, state)
+  restored = checkpoint.restore_state(manager, state)
   assert int(restored.step) == 3
   # optax's own step counters (poly schedule position) were restored too.
   leaves = jax.tree_util.tree_leaves_with_path(restored.opt_state)
   step_counts = [int(v) for p, v in leaves if 'count' in jax.tree_util.keystr(p)]
   assert step_counts and all(c == 3 for c in step_counts)
-  at_two = train_lib.restore_state(manager, state, step=2)
+  at_two = checkpoint.restore_state(manager, state, step=2)
   assert int(at_two.step) == 2
   # Step 3 moved the parameters away from the step-2 checkpoint it started from.
   assert not np.allclose(jax.tree_util.tree_leaves(at_two.params)[0],
@@ -95,13 +97,13 @@ def test_eval_metrics_predictions_and_best_checkpoint(interrupted_run):
 def test_init_from_loads_converted_variables_and_rejects_wrong_shapes(interrupted_run, tmp_path):
   config = tiny_config(interrupted_run['data_dir'], 3)
   model = build_model(config.model)
-  state = train_lib.create_train_state(
-      model, train_lib.optax.sgd(0.1), jax.random.PRNGKey(1), (1, 32, 32, 3))
+  state = train_step.create_train_state(
+      model, optax.sgd(0.1), jax.random.PRNGKey(1), (1, 32, 32, 3))
   backbone = {'params': {'backbone': jax.tree_util.tree_map(lambda x: x + 1,
                                                             state.params['backbone'])},
               'batch_stats': {'backbone': state.batch_stats['backbone']}}
   path = checkpoint.save_variables(tmp_path / 'backbone', backbone)
-  loaded = train_lib.init_variables_from(state, path)
+  loaded = checkpoint.init_variables_from(state, path)
   for got, want in zip(jax.tree_util.tree_leaves(loaded.params['backbone']),
                        jax.tree_util.tree_leaves(backbone['params']['backbone'])):
     np.testing.assert_array_equal(got, want)
@@ -113,16 +115,16 @@ def test_init_from_loads_converted_variables_and_rejects_wrong_shapes(interrupte
   wrong = {'params': {'decode_head': {'conv_seg': {'kernel': np.zeros((1, 1, 8, 150))}}}}
   path = checkpoint.save_variables(tmp_path / 'wrong', wrong)
   with pytest.raises(ValueError, match=r'decode_head/conv_seg/kernel: checkpoint \(1, 1, 8, 150\)'):
-    train_lib.init_variables_from(state, path)
+    checkpoint.init_variables_from(state, path)
 
 
 def test_confusion_matrix_metrics_by_hand():
   labels = np.array([[[0, 0, 1, 1, 255, 2, 1]]])
   predictions = np.array([[[0, 1, 1, 1, 0, 0, 4]]])
-  matrix = np.asarray(evaluation.confusion_matrix(predictions, labels, num_classes=5))
+  matrix = np.asarray(metrics_lib.confusion_matrix(predictions, labels, num_classes=5))
   np.testing.assert_array_equal(matrix, [[1, 1, 0, 0, 0], [0, 2, 0, 0, 1], [1, 0, 0, 0, 0],
                                          [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
-  metrics = evaluation.segmentation_metrics(matrix, ['a', 'b', 'c', 'd', 'e'])
+  metrics = metrics_lib.segmentation_metrics(matrix, ['a', 'b', 'c', 'd', 'e'])
   # IoU a = 1/3, b = 2/4, c = 0 (labelled, never hit), d absent everywhere -> NaN, skipped,
   # e = 0 (predicted once, never labelled: counts in mIoU, NaN accuracy as mmseg).
   np.testing.assert_allclose(metrics['mIoU'], 100 * (1 / 3 + 2 / 4 + 0 + 0) / 4)
@@ -140,9 +142,9 @@ def test_metrics_match_mmseg_iou_metric(ignored_share):
   labels = rng.randint(0, 6, (3, 17, 19))
   labels[rng.rand(*labels.shape) < ignored_share] = 255
   predictions = np.where(rng.rand(*labels.shape) < 0.6, labels % 255, rng.randint(0, 6, labels.shape))
-  matrix = sum(np.asarray(evaluation.confusion_matrix(p[None], l[None], 6))
+  matrix = sum(np.asarray(metrics_lib.confusion_matrix(p[None], l[None], 6))
                for p, l in zip(predictions, labels))
-  ours = evaluation.segmentation_metrics(matrix)
+  ours = metrics_lib.segmentation_metrics(matrix)
   areas = [IoUMetric.intersect_and_union(torch.from_numpy(p), torch.from_numpy(l), 6, 255)
            for p, l in zip(predictions, labels)]
   totals = [sum(a[i] for a in areas) for i in range(4)]
@@ -156,15 +158,15 @@ def test_metrics_match_mmseg_iou_metric(ignored_share):
 def test_metric_entry_points_reject_labels_outside_the_classes():
   """mmseg would drop such a label but count its prediction; psp_jax refuses the map."""
   with pytest.raises(ValueError, match=r'label values \[7\] are neither class ids in \[0, 6\)'):
-    evaluation.check_labels(np.array([[0, 7, 255]]), 6, 'a label map')
-  evaluation.check_labels(np.array([[0, 5, 255]]), 6)
+    metrics_lib.check_labels(np.array([[0, 7, 255]]), 6, 'a label map')
+  metrics_lib.check_labels(np.array([[0, 5, 255]]), 6)
 
 
 def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(interrupted_run):
   config = tiny_config(interrupted_run['data_dir'], 3)
   config.test.resize = 'none'
-  variables, step = train_lib.load_trained_variables(interrupted_run['workdir'], 'best')
-  metrics, table = evaluation.evaluate_config(config, variables, 'validation')
+  variables, step = checkpoint.load_trained_variables(interrupted_run['workdir'], 'best')
+  metrics, table = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
   # Training validated step 2 and step 3 on the same whole 128x128 scenes; the best is kept.
   expected = interrupted_run['second'] if step == 3 else interrupted_run['first']
   assert metrics['mIoU'] == pytest.approx(expected['mIoU'], abs=1e-6)
@@ -202,9 +204,9 @@ def test_colorize_draws_the_palette_and_ignore_in_black():
 def test_bucketed_evaluate_agrees_with_per_image_evaluate(interrupted_run):
   config = tiny_config(interrupted_run['data_dir'], 3)
   config.test.resize = 'none'
-  variables, _ = train_lib.load_trained_variables(interrupted_run['workdir'], 'best')
-  per_image, _ = evaluation.evaluate_config(config, variables, 'validation')
+  variables, _ = checkpoint.load_trained_variables(interrupted_run['workdir'], 'best')
+  per_image, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
   config.test.size_divisor = 32  # now pmapped over the 4 simulated devices
-  bucketed, _ = evaluation.evaluate_config(config, variables, 'validation')
+  bucketed, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
   assert bucketed['aAcc'] == pytest.approx(per_image['aAcc'], abs=0.01)
   assert bucketed['mIoU'] == pytest.approx(per_image['mIoU'], abs=0.01, nan_ok=True)

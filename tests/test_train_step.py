@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psp_jax import build_model, losses, optimizer, train_lib
+from psp_jax import build_model, losses, optimizer, train_step
+from psp_jax.kernels import cross_entropy
 
 TINY = dict(depth=18, stem_widths=(4, 4, 8), base_width=4, channels=8, ppm_channels=8,
             aux_channels=4, num_classes=5, dropout_rate=0.0)
@@ -59,20 +60,21 @@ def test_loss_ignores_255_and_upsamples_aux_with_weight():
 @pytest.mark.parametrize('align_corners', [False, True])
 @pytest.mark.parametrize('logit_size,label_size', [((5, 7), (37, 50)), ((40, 40), (13, 17)),
                                                     ((9, 11), (9, 11))])
-@pytest.mark.parametrize('block_rows', [None, 4])
+@pytest.mark.parametrize('version,block_rows', [('plain', None), ('blocks', None), ('blocks', 4)])
 def test_upsampled_loss_matches_torch_interpolate_then_cross_entropy(
-    monkeypatch, align_corners, logit_size, label_size, block_rows):
-  """Sum, argmax hits and gradient of the blockwise loss vs F.interpolate + F.cross_entropy."""
+    monkeypatch, align_corners, logit_size, label_size, version, block_rows):
+  """Sum, argmax hits and gradient of the plain and the blockwise (psp_jax.kernels) loss vs
+  F.interpolate + F.cross_entropy."""
+  sums = (losses.upsampled_cross_entropy_sums if version == 'plain'
+          else cross_entropy.upsampled_cross_entropy_sums)
   if block_rows:  # several blocks of rows, the last one padded
-    monkeypatch.setattr(losses, '_BLOCK_VALUES', {'cpu': block_rows * 2 * label_size[1] * 6})
+    monkeypatch.setattr(cross_entropy, '_BLOCK_VALUES', block_rows * 2 * label_size[1] * 6)
   logits = np.random.RandomState(1).randn(2, *logit_size, 6).astype(np.float32) * 3
   labels = np.array(_labels((2, *label_size), seed=2))
   labels[labels == 4] = 5                      # class 5 exists only in the labels
   logits[0, :2] = 0.0                          # ties: argmax is the first class
-  total, hits = losses.upsampled_cross_entropy_sums(jnp.asarray(logits), jnp.asarray(labels),
-                                                    align_corners)
-  grad = jax.grad(lambda x: losses.upsampled_cross_entropy_sums(
-      x, jnp.asarray(labels), align_corners)[0])(jnp.asarray(logits))
+  total, hits = sums(jnp.asarray(logits), jnp.asarray(labels), align_corners)
+  grad = jax.grad(lambda x: sums(x, jnp.asarray(labels), align_corners)[0])(jnp.asarray(logits))
 
   torch_logits = torch.from_numpy(logits.transpose(0, 3, 1, 2)).requires_grad_()
   upsampled = F.interpolate(torch_logits, label_size, mode='bilinear',
@@ -164,9 +166,9 @@ def test_pmapped_step_equals_single_device_step_on_global_batch():
   schedule = optimizer.create_learning_rate_fn(OPTIMIZER, total_steps=10)
   tx = optimizer.create_optimizer(OPTIMIZER, total_steps=10)
   single_model = build_model(TINY)
-  state = train_lib.create_train_state(single_model, tx, jax.random.PRNGKey(0), images.shape)
+  state = train_step.create_train_state(single_model, tx, jax.random.PRNGKey(0), images.shape)
 
-  single_step = jax.jit(lambda s, b: train_lib.train_step(s, b, schedule, axis_name=None))
+  single_step = jax.jit(lambda s, b: train_step.train_step(s, b, schedule, axis_name=None))
   expected_state, expected = state, []
   for _ in range(2):
     expected_state, metrics = single_step(expected_state, {'image': images, 'label': labels})
@@ -174,7 +176,7 @@ def test_pmapped_step_equals_single_device_step_on_global_batch():
 
   synced = state.replace(apply_fn=build_model(TINY, bn_axis_name='batch').apply)
   replicated = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), synced)
-  p_step = train_lib.pmapped_train_step(schedule)
+  p_step = train_step.pmapped_train_step(schedule)
   batch = {'image': images.reshape(n, 2, 33, 33, 3), 'label': labels.reshape(n, 2, 33, 33)}
   for want in expected:
     replicated, metrics = p_step(replicated, batch)

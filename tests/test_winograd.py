@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psp_jax.models import winograd
+from psp_jax.kernels import conv
 
 
 def _direct(x, kernel, dilation):
@@ -25,7 +25,7 @@ def test_matches_direct_convolution(shape, dilation):
   rng = np.random.default_rng(sum(shape) + dilation)
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 7)), jnp.float32)
-  got = jax.jit(winograd.conv3x3, static_argnums=2)(x, kernel, dilation)
+  got = jax.jit(conv.winograd_conv3x3, static_argnums=2)(x, kernel, dilation)
   want = _direct(x, kernel, dilation)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
@@ -36,7 +36,7 @@ def test_gradients_match_direct_convolution():
   x = jnp.asarray(rng.standard_normal((1, 7, 9, 4)), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
   cotangent = jnp.asarray(rng.standard_normal((1, 7, 9, 5)), jnp.float32)
-  got = jax.grad(lambda x, k: jnp.sum(winograd.conv3x3(x, k) * cotangent), (0, 1))(x, kernel)
+  got = jax.grad(lambda x, k: jnp.sum(conv.winograd_conv3x3(x, k) * cotangent), (0, 1))(x, kernel)
   want = jax.grad(lambda x, k: jnp.sum(_direct(x, k, 1) * cotangent), (0, 1))(x, kernel)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
@@ -50,7 +50,7 @@ def test_transposed_kernel_is_the_input_gradient(shape, dilation):
   kernel = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 7)), jnp.float32)
   cotangent = jnp.asarray(rng.standard_normal(shape[:-1] + (7,)), jnp.float32)
   (want,) = jax.vjp(lambda x: _direct(x, kernel, dilation), x)[1](cotangent)
-  got = winograd.conv3x3(cotangent, kernel, dilation, transpose_kernel=True)
+  got = conv.winograd_conv3x3(cotangent, kernel, dilation, transpose_kernel=True)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
 
 
@@ -60,5 +60,5 @@ def test_rounding_stays_near_float32_on_wide_inputs():
   x = jnp.asarray(rng.standard_normal((1, 8, 8, 2048)), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((3, 3, 2048, 16)) * 0.01, jnp.float32)
   direct = _direct(x, kernel, 1)
-  error = float(jnp.abs(winograd.conv3x3(x, kernel) - direct).max() / jnp.abs(direct).max())
+  error = float(jnp.abs(conv.winograd_conv3x3(x, kernel) - direct).max() / jnp.abs(direct).max())
   assert error < 1e-5

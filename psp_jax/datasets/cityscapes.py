@@ -31,16 +31,14 @@ Cityscapes config, not here.
 import numpy as np
 import tensorflow as tf
 
-from psp_jax.losses import IGNORE_LABEL
+from psp_jax import classes
+from psp_jax.spec import IGNORE_LABEL
 
 TFDS_NAME = 'cityscapes/semantic_segmentation'
 # What preparing TFDS_NAME needs in the TFDS manual dir (step 1 above).
 MANUAL_ARCHIVES = ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip')
 
-# Train-id order, as cityscapesScripts' labels.py and mmseg's CityscapesDataset.
-CLASS_NAMES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',
-               'traffic sign', 'vegetation', 'terrain', 'sky', 'person', 'rider', 'car',
-               'truck', 'bus', 'train', 'motorcycle', 'bicycle')
+CLASS_NAMES, PALETTE = classes.CITYSCAPES_CLASS_NAMES, classes.CITYSCAPES_PALETTE
 
 # The label id of each train id, from the `labels` table of cityscapesScripts'
 # cityscapesscripts/helpers/labels.py (github.com/mcordts/cityscapesScripts, master,
@@ -50,11 +48,6 @@ CLASS_NAMES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic
 # pixel carries them. mmseg trains on the *_labelTrainIds.png that cityscapesScripts'
 # createTrainIdLabelImgs draws from the same polygons with trainId as fill value,
 # which is pixel for pixel this table applied to *_labelIds.png.
-# cityscapesScripts labels.py colours of the 19 train ids, in CLASS_NAMES order.
-PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-           (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-           (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-           (0, 80, 100), (0, 0, 230), (119, 11, 32))
 _LABEL_IDS_OF_TRAIN_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31,
                            32, 33)
 

@@ -17,10 +17,10 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-CLASS_NAMES = ('sky', 'building', 'water', 'road', 'pavement', 'boat', 'car', 'person')
+from psp_jax import classes
+
+CLASS_NAMES, PALETTE = classes.SCENES_CLASS_NAMES, classes.SCENES_PALETTE
 SKY, BUILDING, WATER, ROAD, PAVEMENT, BOAT, CAR, PERSON = range(len(CLASS_NAMES))
-PALETTE = ((70, 130, 180), (70, 70, 70), (0, 60, 200), (128, 64, 128), (244, 35, 232),
-           (0, 200, 200), (0, 0, 142), (220, 20, 60))  # boat and car in different hues
 CONTEXT_CLASSES = ('boat', 'car')  # same appearance and surroundings, class decided by the scene
 SIZE = 128
 _GAP = 20  # least distance, in pixels, between a vehicle and the water/road band

@@ -19,8 +19,9 @@ from PIL import Image
 import scipy.io
 import tensorflow_datasets as tfds
 
+from psp_jax import classes
 from psp_jax.datasets.features import segmentation_features
-from psp_jax.losses import IGNORE_LABEL
+from psp_jax.spec import IGNORE_LABEL
 
 VOC_ARCHIVE = 'VOCtrainval_11-May-2012.tar'
 SBD_ARCHIVE = 'benchmark.tgz'
@@ -28,28 +29,8 @@ VOC_ROOT = 'VOCdevkit/VOC2012'  # inside VOC_ARCHIVE
 SBD_ROOT = 'benchmark_RELEASE/dataset'  # inside SBD_ARCHIVE
 MANUAL_ARCHIVES = (VOC_ARCHIVE, SBD_ARCHIVE)  # what preparing needs in the TFDS manual dir
 
-CLASS_NAMES = (
-    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
-    'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant',
-    'sheep', 'sofa', 'train', 'tvmonitor')
+CLASS_NAMES, PALETTE = classes.VOC_CLASS_NAMES, classes.VOC_PALETTE
 
-
-
-def _voc_palette(count: int) -> tuple[tuple[int, int, int], ...]:
-  """The VOC devkit colour map (bitget interleaving of the class id), class 0 black."""
-  colours = []
-  for index in range(count):
-    r = g = b = 0
-    for bit in range(8):
-      r |= ((index >> 0) & 1) << (7 - bit)
-      g |= ((index >> 1) & 1) << (7 - bit)
-      b |= ((index >> 2) & 1) << (7 - bit)
-      index >>= 3
-    colours.append((r, g, b))
-  return tuple(colours)
-
-
-PALETTE = _voc_palette(len(CLASS_NAMES))
 
 def read_ids(path: epath.Path) -> list[str]:
   """Image ids of one split list (one id per line, as both VOC and SBD write them)."""

@@ -1,166 +1,131 @@
 """PSPNet: dilated ResNet + pyramid pooling head + auxiliary FCN head (Zhao et al., 2017).
 
 Module and parameter names follow mmsegmentation's concepts (backbone, decode_head,
-auxiliary_head, conv_seg) so converted checkpoints read naturally.
+auxiliary_head, conv_seg) so converted checkpoints read naturally. The operations a
+mode of psp_jax.kernels rewrites for speed come in as `ops`; the parameters are the same.
 """
 
 import functools
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from psp_jax.models import resample
-from psp_jax.models.conv import conv_general_dilated
-from psp_jax.models.resnet import DilatedResNet, batch_norm, conv_init
+from psp_jax import kernels as kernel_lib
+from psp_jax.models.batch_norm import BatchNorm
+from psp_jax.models.resnet import DilatedResNet, ModuleDef, conv_init
 
 # mmseg's decode heads initialise the classifier with N(0, 0.01) and a zero bias.
 classifier_init = nn.initializers.normal(0.01)
 
 
+def module_defs(train: bool, bn_axis_name: str | None = None, dtype: Any = jnp.float32,
+                param_dtype: Any = jnp.float32,
+                ops: kernel_lib.Kernels = kernel_lib.Kernels()) -> tuple[ModuleDef, ModuleDef]:
+  """(conv, norm): the nn.Conv and BatchNorm definitions every layer of the model uses.
+
+  Convolutions have no bias (each is followed by BN) and torchvision's initialisation;
+  BatchNorm is PyTorch's BatchNorm2d (eps 1e-5, momentum 0.1), synchronised over the pmap
+  axis `bn_axis_name` when set.
+  """
+  conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype,
+                           param_dtype=param_dtype, conv_general_dilated=ops.conv_general_dilated)
+  norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.1, epsilon=1e-5,
+                           axis_name=bn_axis_name, dtype=dtype, param_dtype=param_dtype)
+  return conv, norm
+
+
 class ConvBNReLU(nn.Module):
-  """mmcv's ConvModule with BN and ReLU: conv (no bias) -> BN -> ReLU."""
+  """mmcv's ConvModule with BN and ReLU: conv (no bias, 'same' padding) -> BN -> ReLU."""
   features: int
   kernel_size: int
-  train: bool
-  bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  conv: ModuleDef
+  norm: ModuleDef
 
   @nn.compact
   def __call__(self, x):
     pad = self.kernel_size // 2
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
-                padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init,
-                dtype=self.dtype, param_dtype=self.param_dtype,
-                conv_general_dilated=conv_general_dilated, name='conv')(x)
-    x = batch_norm(self.train, self.bn_axis_name, self.dtype, self.param_dtype)(name='bn')(x)
-    return nn.relu(x)
+    x = self.conv(self.features, (self.kernel_size,) * 2, padding=((pad, pad), (pad, pad)),
+                  name='conv')(x)
+    return nn.relu(self.norm(name='bn')(x))
 
 
 class PyramidPooling(nn.Module):
-  """Pyramid pooling module: one branch per bin count, concatenated with the input.
+  """The pyramid pooling module, as the paper draws it.
 
-  Each branch pools to n x n with PyTorch's adaptive (overlapping) bins, projects with
-  a 1x1 ConvBNReLU and upsamples bilinearly back to the input size.
+  For each bin count n: adaptive average pool to n x n (PyTorch's overlapping bins),
+  1x1 ConvBNReLU, bilinear upsampling back to the input size; the branches are
+  concatenated after the input.
 
   Attributes:
     bins: pooled grid sizes, (1, 2, 3, 6) in the paper.
     channels: output channels of each branch; None means in_channels // len(bins).
     align_corners: upsampling convention, False as mmseg, True as semseg.
   """
-  bins: Sequence[int] = (1, 2, 3, 6)
+  bins: Sequence[int]
+  conv: ModuleDef
+  norm: ModuleDef
   channels: int | None = None
   align_corners: bool = False
-  bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  ops: kernel_lib.Kernels = kernel_lib.Kernels()
 
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """x: [B, h, w, C] -> [B, h, w, C + len(bins) * channels]."""
-    size = x.shape[1:3]
-    return jnp.concatenate(
-        [x] + [resample.resize_bilinear(y, size, self.align_corners)
-               for y in self.branches(x, train)], axis=-1)
+    upsampled = [self.ops.resize_bilinear(y, x.shape[1:3], self.align_corners)
+                 for y in self.branches(x)]
+    return jnp.concatenate([x] + upsampled, axis=-1)
 
   @nn.compact
-  def branches(self, x: jnp.ndarray, train: bool = False) -> list[jnp.ndarray]:
+  def branches(self, x: jnp.ndarray) -> list[jnp.ndarray]:
     """x: [B, h, w, C] -> the branches before upsampling, [B, n, n, channels] per bin."""
     channels = self.channels or x.shape[-1] // len(self.bins)
-    return [ConvBNReLU(channels, 1, train, self.bn_axis_name, self.dtype, self.param_dtype,
-                       name=f'branch{i}')(pooled)
-            for i, pooled in enumerate(resample.adaptive_avg_pools(x, self.bins))]
-
-
-class _Kernel(nn.Module):
-  """A bare conv kernel parameter, stored where nn.Conv stores its own ('conv/kernel')."""
-  shape: tuple[int, ...]
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self) -> jnp.ndarray:
-    return self.param('kernel', conv_init, self.shape, self.param_dtype)
-
-
-class PyramidBottleneck(nn.Module):
-  """PSPHead's 3x3 ConvBNReLU over concat([x, upsampled branches]), without the concat.
-
-  The same parameters as ConvBNReLU(features, 3) on the concatenation (mmseg's channel
-  order: x, then the branches by bin), and the same output up to float rounding; the
-  branches' share of the convolution runs at their n x n size
-  (`resample.upsampled_conv3x3`), which halves the head's FLOPs.
-  """
-  features: int
-  train: bool
-  align_corners: bool = False
-  bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, branches: Sequence[jnp.ndarray]) -> jnp.ndarray:
-    widths = [x.shape[-1]] + [y.shape[-1] for y in branches]
-    kernel = _Kernel((3, 3, sum(widths), self.features), self.param_dtype, name='conv')()
-    kernel = kernel.astype(self.dtype)
-    parts = jnp.split(kernel, np.cumsum(widths)[:-1], axis=2)
-    out = conv_general_dilated(
-        x.astype(self.dtype), parts[0], (1, 1), ((1, 1), (1, 1)),
-        dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, parts[0].shape,
-                                                         ('NHWC', 'HWIO', 'NHWC')))
-    for y, part in zip(branches, parts[1:]):
-      out = out + resample.upsampled_conv3x3(y.astype(self.dtype), part, x.shape[1:3],
-                                             self.align_corners)
-    out = batch_norm(self.train, self.bn_axis_name, self.dtype, self.param_dtype)(name='bn')(out)
-    return nn.relu(out)
+    return [ConvBNReLU(channels, 1, self.conv, self.norm, name=f'branch{i}')(pooled)
+            for i, pooled in enumerate(self.ops.adaptive_avg_pools(x, self.bins))]
 
 
 class SegHead(nn.Module):
-  """The shared tail of PSPHead and FCNHead: ConvBNReLU -> channel dropout -> 1x1 classifier.
-
-  With `bins` set it first applies the pyramid pooling module (PSPHead); with
-  `bins=()` it is mmseg's single-conv FCNHead (num_convs=1, concat_input=False).
-  """
+  """mmseg's PSPHead (with `bins`) or FCNHead (`bins=()`, one conv, no concat_input):
+  [pyramid pooling ->] 3x3 ConvBNReLU -> channel dropout -> 1x1 classifier."""
   num_classes: int
   channels: int
+  conv: ModuleDef
+  norm: ModuleDef
   bins: Sequence[int] = ()
   ppm_channels: int | None = None
   dropout_rate: float = 0.1
   align_corners: bool = False
-  bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  ops: kernel_lib.Kernels = kernel_lib.Kernels()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """x: [B, h, w, C] -> logits [B, h, w, num_classes] (float32, or float64 in float64)."""
+    """x: [B, h, w, C] -> logits [B, h, w, num_classes]."""
     if self.bins:
-      branches = PyramidPooling(self.bins, self.ppm_channels, self.align_corners,
-                                self.bn_axis_name, self.dtype, self.param_dtype,
-                                name='ppm').branches(x, train)
-      x = PyramidBottleneck(self.channels, train, self.align_corners, self.bn_axis_name,
-                            self.dtype, self.param_dtype, name='bottleneck')(x, branches)
+      ppm = PyramidPooling(self.bins, self.conv, self.norm, self.ppm_channels,
+                           self.align_corners, self.ops, name='ppm')
+      if self.ops.pyramid_bottleneck:  # the same parameters, without the concatenation
+        x = self.ops.pyramid_bottleneck(self.channels, self.conv, self.norm, self.align_corners,
+                                        name='bottleneck')(x, ppm.branches(x))
+      else:
+        x = ConvBNReLU(self.channels, 3, self.conv, self.norm, name='bottleneck')(ppm(x))
     else:
-      x = ConvBNReLU(self.channels, 3, train, self.bn_axis_name, self.dtype, self.param_dtype,
-                     name='bottleneck')(x)
+      x = ConvBNReLU(self.channels, 3, self.conv, self.norm, name='bottleneck')(x)
     # nn.Dropout2d: whole channels are dropped, so the mask broadcasts over H and W.
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
-    logits = nn.Conv(self.num_classes, (1, 1), kernel_init=classifier_init,
-                     dtype=self.dtype, param_dtype=self.param_dtype,
-                     conv_general_dilated=conv_general_dilated, name='conv_seg')(x)
-    return logits.astype(jnp.promote_types(self.dtype, jnp.float32))
+    return self.conv(self.num_classes, (1, 1), use_bias=True, kernel_init=classifier_init,
+                     name='conv_seg')(x)
 
 
 class PSPNet(nn.Module):
   """PSPNet for semantic segmentation, a pure function of (variables, images).
 
   `model.apply(variables, images, train=False)` returns
-  `{'logits': [B, h, w, K], 'aux_logits': [B, h', w', K]}` in float32 at the
-  backbone's output stride (1/8 by default); `upsample_logits` brings them to the
-  image size. Training needs `rngs={'dropout': key}` and `mutable=['batch_stats']`.
+  `{'logits': [B, h, w, K], 'aux_logits': [B, h', w', K]}` (float32, or float64 in
+  float64) at the backbone's output stride (1/8 by default);
+  `model.apply(variables, images, method='segment')` gives eval logits at the input size.
+  Training needs `rngs={'dropout': key}` and `mutable=['batch_stats']`.
 
-  Attributes mirror mmsegmentation's `pspnet_r50-d8` config names.
+  Attributes mirror mmsegmentation's `pspnet_r50-d8` config names; `kernels` chooses
+  the speed rewrites of psp_jax.kernels ('auto', 'xla' or 'cpu').
   """
   num_classes: int = 150
   depth: int = 50
@@ -180,32 +145,43 @@ class PSPNet(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  kernels: str = 'auto'
+
+  @property
+  def ops(self) -> kernel_lib.Kernels:
+    return kernel_lib.get(self.kernels)
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
     """images: [B, H, W, 3] normalised (ImageNet mean/std)."""
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'images must be [B, H, W, 3] (NHWC), got shape {images.shape}.')
+    ops = self.ops
+    conv, norm = module_defs(train, self.bn_axis_name, self.dtype, self.param_dtype, ops)
     features = DilatedResNet(
-        depth=self.depth, stem=self.stem, stem_widths=tuple(self.stem_widths),
-        output_stride=self.output_stride, contract_dilation=self.contract_dilation,
-        base_width=self.base_width, remat=self.remat, bn_axis_name=self.bn_axis_name,
-        dtype=self.dtype, param_dtype=self.param_dtype, name='backbone')(images.astype(self.dtype), train)
-    head = functools.partial(SegHead, self.num_classes, dropout_rate=self.dropout_rate,
-                             align_corners=self.align_corners, bn_axis_name=self.bn_axis_name,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
-    outputs = {'logits': head(self.channels, tuple(self.pool_scales), self.ppm_channels,
-                              name='decode_head')(features[3], train)}
+        conv, norm, max_pool=ops.max_pool, keep=ops.keep, depth=self.depth, stem=self.stem,
+        stem_widths=tuple(self.stem_widths), output_stride=self.output_stride,
+        contract_dilation=self.contract_dilation, base_width=self.base_width,
+        remat=self.remat, name='backbone')(images.astype(self.dtype))
+    head = functools.partial(SegHead, self.num_classes, conv=conv, norm=norm,
+                             dropout_rate=self.dropout_rate, align_corners=self.align_corners,
+                             ops=ops)
+    outputs = {'logits': head(self.channels, bins=tuple(self.pool_scales),
+                              ppm_channels=self.ppm_channels, name='decode_head')(
+                                  features[3], train)}
     if self.aux_in_index is not None:
       outputs['aux_logits'] = head(self.aux_channels, name='auxiliary_head')(
           features[self.aux_in_index], train)
-    return outputs
+    logits_dtype = jnp.promote_types(self.dtype, jnp.float32)
+    return {key: value.astype(logits_dtype) for key, value in outputs.items()}
 
+  def upsample(self, logits: jnp.ndarray, size: Sequence[int]) -> jnp.ndarray:
+    """[B, h, w, K] -> [B, H, W, K]: bilinear, as F.interpolate with the model's align_corners."""
+    return self.ops.resize_bilinear(logits, tuple(size), self.align_corners)
 
-def upsample_logits(logits: jnp.ndarray, size: tuple[int, int],
-                    align_corners: bool = False) -> jnp.ndarray:
-  """Bilinear upsampling of [B, h, w, K] logits to [B, H, W, K], as PyTorch's F.interpolate."""
-  return resample.resize_bilinear(logits, size, align_corners)
+  def segment(self, images: jnp.ndarray) -> jnp.ndarray:
+    """Eval-mode logits upsampled to the input size: [B, H, W, 3] -> [B, H, W, K]."""
+    return self.upsample(self(images, train=False)['logits'], images.shape[1:3])
 
 
 # float64 needs jax_enable_x64; the parity tests use it to compare with PyTorch's .double().
@@ -234,4 +210,5 @@ def build_model(config: Mapping[str, Any], **overrides: Any) -> PSPNet:
   for key in ('stem_widths', 'pool_scales'):
     if key in kwargs:
       kwargs[key] = tuple(kwargs[key])
+  kernel_lib.resolve(kwargs.get('kernels', 'auto'))  # a bad mode fails here, not at trace time
   return PSPNet(**kwargs)

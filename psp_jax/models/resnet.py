@@ -2,21 +2,22 @@
 
 Strides and paddings are explicit and symmetric, as PyTorch's, so feature maps
 have PyTorch's sizes on any input (including sizes that are not multiples of 8).
+`conv` and `norm` are module definitions (functools.partial of nn.Conv and BatchNorm)
+passed in by the model, as in flax's examples/imagenet.
 """
 
-import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from psp_jax.models import resample
-from psp_jax.models.batch_norm import BatchNorm
-from psp_jax.models.conv import conv_general_dilated
-from psp_jax.models.materialize import materialize
+from psp_jax import resample
 
 ModuleDef = Any
+
+
+def _identity(x):
+  return x
 
 # torchvision/mmcv ResNet initialisation: kaiming normal, fan_out, for ReLU.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -28,16 +29,6 @@ STAGE_SIZES = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
-
-
-def batch_norm(train: bool, axis_name: str | None, dtype: Any, param_dtype: Any) -> ModuleDef:
-  """BatchNorm with PyTorch's BatchNorm2d numerics: eps 1e-5, momentum 0.1.
-
-  With `axis_name` set, batch statistics are averaged across that pmap axis (sync BN).
-  """
-  return functools.partial(BatchNorm, use_running_average=not train, momentum=0.1,
-                           epsilon=1e-5, axis_name=axis_name, dtype=dtype,
-                           param_dtype=param_dtype)
 
 
 def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -78,6 +69,7 @@ class BasicBlock(nn.Module):
   strides: int = 1
   dilation: int = 1
   downsample: bool = False
+  keep: Callable = _identity   # psp_jax.kernels' residual-stream identity
   expansion = 1
 
   @nn.compact
@@ -92,7 +84,7 @@ class BasicBlock(nn.Module):
       residual = self.conv(self.features, (1, 1), self.strides, padding='VALID',
                            name='downsample_conv')(x)
       residual = self.norm(name='downsample_bn')(residual)
-    return materialize(nn.relu(y + residual))
+    return self.keep(nn.relu(y + residual))
 
 
 class Bottleneck(nn.Module):
@@ -103,6 +95,7 @@ class Bottleneck(nn.Module):
   strides: int = 1
   dilation: int = 1
   downsample: bool = False
+  keep: Callable = _identity
   expansion = 4
 
   @nn.compact
@@ -119,7 +112,7 @@ class Bottleneck(nn.Module):
       residual = self.conv(self.features * 4, (1, 1), self.strides, padding='VALID',
                            name='downsample_conv')(x)
       residual = self.norm(name='downsample_bn')(residual)
-    return materialize(nn.relu(y + residual))
+    return self.keep(nn.relu(y + residual))
 
 
 class DilatedResNet(nn.Module):
@@ -134,8 +127,13 @@ class DilatedResNet(nn.Module):
     contract_dilation: halve the first block's dilation in dilated stages (mmseg: True).
     base_width: channels of the first stage's 3x3 convs (64 in every standard ResNet).
     remat: rematerialise each block in the backward pass (saves activation memory).
-    bn_axis_name: pmap axis to synchronise BatchNorm statistics over, or None.
+    conv, norm: nn.Conv and BatchNorm module definitions (dtype, train mode, sync axis).
+    max_pool, keep: the stem's max pool and the residual-stream identity (psp_jax.kernels).
   """
+  conv: ModuleDef
+  norm: ModuleDef
+  max_pool: Callable = resample.max_pool
+  keep: Callable = _identity
   depth: int = 50
   stem: str = 'deep'
   stem_widths: Sequence[int] = (32, 32, 64)
@@ -143,22 +141,16 @@ class DilatedResNet(nn.Module):
   contract_dilation: bool = True
   base_width: int = 64
   remat: bool = False
-  bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> list[jnp.ndarray]:
+  def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
     """Args: x: [B, H, W, 3] normalised images. Returns the outputs of stages 1-4,
     [B, ~H/4, ~W/4, C1] ... [B, ~H/s, ~W/s, C4] for output stride s."""
     if self.depth not in STAGE_SIZES:
       raise ValueError(f'ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}.')
     if self.stem not in ('deep', 'classic'):
       raise ValueError(f"stem must be 'deep' or 'classic', got {self.stem!r}.")
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
-                             dtype=self.dtype, param_dtype=self.param_dtype,
-                             conv_general_dilated=conv_general_dilated)
-    norm = batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)
+    conv, norm = self.conv, self.norm
 
     if self.stem == 'deep':
       for i, (width, stride) in enumerate(zip(self.stem_widths, (2, 1, 1))):
@@ -167,7 +159,7 @@ class DilatedResNet(nn.Module):
     else:
       x = conv(self.stem_widths[-1], (7, 7), 2, padding=((3, 3), (3, 3)), name='stem_conv0')(x)
       x = nn.relu(norm(name='stem_bn0')(x))
-    x = resample.max_pool(x, window=3, stride=2, padding=1)
+    x = self.max_pool(x, 3, 2, 1)
 
     block_cls = BasicBlock if self.depth < 50 else Bottleneck
     expansion = block_cls.expansion
@@ -184,7 +176,7 @@ class DilatedResNet(nn.Module):
         stride = strides[stage] if j == 0 else 1
         x = block_cls(width, conv=conv, norm=norm, strides=stride, dilation=dilation,
                       downsample=(j == 0 and (stride != 1 or in_channels != out_channels)),
-                      name=f'layer{stage + 1}_{j}')(x)
+                      keep=self.keep, name=f'layer{stage + 1}_{j}')(x)
         in_channels = out_channels
       features.append(x)
     return features

@@ -1,39 +1,23 @@
 """`lax.conv_general_dilated` as `nn.Conv` calls it, reshaped where XLA:CPU is slow.
 
-Only flax's NHWC/HWIO layout with explicit padding and no feature groups is
-rewritten; anything else goes to lax unchanged. Measured on 2 cores (benchmarks/):
-
-- 1x1 kernels run as a matrix product, on every backend. XLA:CPU ran a 1x1
-  convolution about 3x slower than the same contraction as a dot (0.21 s vs 0.07 s
-  for 2048->512 channels at 64x64); a strided 1x1 conv reads every stride-th pixel,
-  so slicing first gives the same result.
-- On CPU, other kernel gradients are dots, one per tap, each contracting the output
-  gradient with the input window the tap sees, over batch and space. XLA:CPU lowers
-  the kernel gradient of a convolution to a convolution with batch and features
-  swapped, 2-3x slower than the dots (3x3 2048->512 at 64x64: 2.04 s vs 0.71 s).
-  XLA copies the dot's left operand transposed and fuses its producer into the copy
-  (for the input window, the residual stream's BatchNorm/ReLU chain, up to 150 ms
-  per copy); `_kernel_grad` picks the operand that is cheaper to copy.
-  Input gradients stay XLA's own, except for the Winograd ones below.
-- On CPU, same-padded stride-1 3x3 convolutions with 256 or more channels on each
-  side (stages 3 and 4, both heads' 3x3 convolutions) run as Winograd F(2x2, 3x3)
-  (`winograd.py`, 2.25x fewer FLOPs) in all three directions: the input gradient is
-  the same convolution with the kernel flipped and transposed, the kernel gradient
-  the transpose of Winograd's products (1.4-1.8x faster than the tap dots). Single
-  convolutions at the train step's shapes (2x32x32, median of 5): 2048->512 forward
-  0.31 s vs 0.50 s, input gradient 0.26 s vs 0.51 s; 512->512 dilation 4: 0.08 s vs
-  0.11 s each way. Narrower convolutions measured no faster, so they keep XLA's.
-
-GPUs keep XLA's lowering of everything but the 1x1 dots: cuDNN and cuBLAS pick their
-own algorithms and layouts there.
+Only flax's NHWC/HWIO layout with explicit padding and no feature groups is rewritten;
+anything else goes to lax unchanged. Each rewrite equals lax's convolution up to float
+rounding (tests/test_kernels.py):
+- 1x1 kernels run as a matrix product (a strided 1x1 conv reads every stride-th pixel,
+  so the input is sliced first).
+- Kernel gradients are dots, one per tap, contracting the output gradient with the
+  input window the tap sees, over batch and space; XLA:CPU lowers them as a
+  convolution with batch and features swapped.
+- Same-padded stride-1 3x3 convolutions with >= 256 channels on each side run as
+  Winograd F(2x2, 3x3) (Lavin & Gray, 2016) in all three directions: 2.25x fewer FLOPs.
+Timings: benchmarks/RESULTS.md.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
-
-from psp_jax.models import winograd
+import numpy as np
 
 _NHWC = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 _WINOGRAD_MIN_CHANNELS = 256
@@ -50,11 +34,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if plain and tuple(rhs.shape[:2]) == (1, 1) and (padding == 'VALID' or (
       explicit and all(tuple(p) == (0, 0) for p in padding))):
     x = lhs[:, ::window_strides[0], ::window_strides[1], :]
-    if jax.default_backend() == 'cpu':
-      return _pointwise(x, rhs[0, 0], precision, preferred_element_type)
-    return jnp.einsum('bhwc,co->bhwo', x, rhs[0, 0], precision=precision,
-                      preferred_element_type=preferred_element_type)
-  if plain and explicit and jax.default_backend() == 'cpu':
+    return _pointwise(x, rhs[0, 0], precision, preferred_element_type)
+  if plain and explicit:
     return _cpu_conv_grads(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding),
                            tuple(rhs_dilation or (1, 1)), precision, preferred_element_type)
   return jax.lax.conv_general_dilated(
@@ -77,7 +58,7 @@ def _winograd(rhs, strides, padding, dilation, preferred_element_type):
 
 def _cpu_conv(lhs, rhs, strides, padding, dilation, precision, preferred_element_type):
   if _winograd(rhs, strides, padding, dilation, preferred_element_type):
-    return winograd.conv3x3(lhs, rhs, dilation[0], precision)
+    return winograd_conv3x3(lhs, rhs, dilation[0], precision)
   return _lax_conv(lhs, rhs, strides, padding, dilation, precision, preferred_element_type)
 
 
@@ -95,8 +76,8 @@ def _backward(strides, padding, dilation, precision, preferred_element_type, res
   lhs, rhs = residuals
   if _winograd(rhs, strides, padding, dilation, preferred_element_type):
     grad = grad.astype(lhs.dtype)
-    _, kernel_vjp = jax.vjp(lambda k: winograd.conv3x3(lhs, k, dilation[0], precision), rhs)
-    lhs_grad = winograd.conv3x3(grad, rhs, dilation[0], precision, transpose_kernel=True)
+    _, kernel_vjp = jax.vjp(lambda k: winograd_conv3x3(lhs, k, dilation[0], precision), rhs)
+    lhs_grad = winograd_conv3x3(grad, rhs, dilation[0], precision, transpose_kernel=True)
     return lhs_grad, kernel_vjp(grad)[0].astype(rhs.dtype)
   _, input_vjp = jax.vjp(
       lambda x: _lax_conv(x, rhs, strides, padding, dilation, precision,
@@ -119,9 +100,7 @@ def _kernel_grad(grad, window, precision):
   """[C, O] = window^T grad over batch and space, the narrower operand on the left.
 
   XLA:CPU copies the left operand transposed for the dot, fusing into the copy
-  whatever computes that operand: the narrower one is the cheaper copy (a
-  bottleneck's 512->2048 conv3: train step 4.53 s vs 4.92 s with the gradient on
-  the left). At equal widths the gradient goes left, as its producer is a single
+  whatever computes that operand: the narrower one is the cheaper copy. At equal widths the gradient goes left, as its producer is a single
   fusion where the window's is the residual stream's BatchNorm/ReLU chain.
   """
   accumulate = jnp.promote_types(window.dtype, jnp.float32)
@@ -154,3 +133,77 @@ def _pointwise_backward(precision, preferred_element_type, residuals, grad):
 
 
 _pointwise.defvjp(_pointwise_forward, _pointwise_backward)
+
+
+# ----------------------------------------------------------------------------- Winograd
+# Each 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A for its 4x4 input window d: 16
+# products per tile and channel pair where the direct convolution needs 36. The transforms
+# only add and halve, so rounding stays within a few float32 ulps of the direct sum. A
+# dilated convolution is the same on the d x d interleaved sub-grids.
+
+_B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+# G g G^T for all 16 (u, v) at once, as one product with the 9 taps: a memory-bound
+# pass over the kernel, where 16 stacked elementwise sums ran 3x slower on XLA:CPU.
+_G_G = np.kron(_G, _G)                                              # [16, 9]
+
+
+def _combine(coefficients, arrays):
+  """sum(c * a) for the nonzero c, without multiplying by +-1."""
+  total = None
+  for c, a in zip(coefficients, arrays):
+    if c == 0:
+      continue
+    term = a if c == 1 else -a if c == -1 else a * c
+    total = term if total is None else total + term
+  return total
+
+
+def winograd_conv3x3(x, kernel, dilation=1, precision=None, transpose_kernel=False):
+  """Same-padded stride-1 3x3 convolution, NHWC x HWIO -> NHWC.
+
+  Equals `lax.conv_general_dilated(x, kernel, (1, 1), ((d, d), (d, d)),
+  rhs_dilation=(d, d))` up to float rounding. With `transpose_kernel`, x has the
+  kernel's output channels and this is the convolution's transpose, i.e. its input
+  gradient for output gradient x: the same convolution with the kernel flipped in
+  space and its channel axes swapped, done without moving the kernel in memory.
+  """
+  if transpose_kernel:
+    kernel = kernel[::-1, ::-1]
+  n, h, w, c = x.shape
+  d = dilation
+  span = 2 * d                       # input rows between the first rows of two tiles
+  tiles_h, tiles_w = -(-h // span), -(-w // span)
+  # The window of the tile at block q, phase p starts at padded row q*span + p and reads
+  # rows j*d after it, j = 0..3: block q + j // 2, offset (j % 2)*d + p. Padding to whole
+  # blocks turns every window row into a plain slice.
+  x = jnp.pad(x, ((0, 0), (d, (tiles_h + 2) * span - h - d),
+                  (d, (tiles_w + 2) * span - w - d), (0, 0)))
+  x = x.reshape(n, tiles_h + 2, span, tiles_w + 2, span, c)
+
+  def rows(j):
+    block, offset = divmod(j, 2)
+    return x[:, block:block + tiles_h, offset * d:offset * d + d]
+
+  def cols(t, j):
+    block, offset = divmod(j, 2)
+    return t[:, :, :, block:block + tiles_w, offset * d:offset * d + d]
+
+  row_sums = [_combine(_B_T[u], [rows(j) for j in range(4)]) for u in range(4)]
+  inputs = jnp.stack([_combine(_B_T[v], [cols(t, j) for j in range(4)])
+                      for t in row_sums for v in range(4)])       # [16, n, th, d, tw, d, c]
+  inputs = inputs.reshape(16, -1, c)
+
+  filters = jnp.einsum('uk,kf->uf', _G_G.astype(kernel.dtype), kernel.reshape(9, -1),
+                       precision=precision)
+  filters = filters.reshape(16, *kernel.shape[2:])                # [16, c, o] or [16, o, c]
+
+  products = jnp.einsum('tpo,tco->tpc' if transpose_kernel else 'tpc,tco->tpo',
+                        inputs, filters, precision=precision)
+  products = products.reshape(4, 4, n, tiles_h, d, tiles_w, d, -1)
+  out_rows = [_combine(_A_T[r], [products[u] for u in range(4)]) for r in range(2)]
+  out = jnp.stack([jnp.stack([_combine(_A_T[s], [t[v] for v in range(4)]) for s in range(2)])
+                   for t in out_rows])                             # [2, 2, n, th, d, tw, d, o]
+  out = out.transpose(2, 3, 0, 4, 5, 1, 6, 7).reshape(n, tiles_h * span, tiles_w * span, -1)
+  return out[:, :h, :w]

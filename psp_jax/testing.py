@@ -1,4 +1,6 @@
-"""mmsegmentation 1.2.2's own PSPNet, built on CPU, as the numerical reference.
+"""mmsegmentation 1.2.2's own PSPNet, built on CPU, as the numerical reference (tests, benchmarks).
+
+Needs the test extra (torch, mmsegmentation, mmengine, mmcv-lite): `pip install -e ".[test]"`.
 
 mmcv-lite ships no compiled ops, yet `mmseg.models` imports a few names from
 `mmcv.ops` at import time. PSPNet uses none of them, so a stand-in module gives

@@ -1,0 +1,36 @@
+"""The first validation images, their ground truth and the current prediction, for TensorBoard."""
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from psp_jax import inference, visualize
+from psp_jax.datasets import checks
+
+
+class PredictionPreview:
+  """Side-by-side panels (image | ground truth | prediction) of the first `count` images.
+
+  Whole-image prediction with the test protocol's resize; the network compiles once per
+  image shape, the first time only, since the variables are an argument of the jitted
+  function.
+  """
+
+  def __init__(self, model, builder, decode, split: str, test: inference.TestProtocol,
+               palette, count: int = 3):
+    examples = builder.as_dataset(split=split).take(count).map(decode)
+    self.examples = list(checks.name_corrupt_images(tfds.as_numpy(examples), builder, split)
+                         ) if count else []
+    self.predictor = inference.Predictor(model, None, size_divisor=test.size_divisor)
+    self.test = inference.TestProtocol(resize=test.resize, test_scale=test.test_scale,
+                                       base_size=test.base_size)
+    self.palette = palette
+
+  def __call__(self, variables) -> dict[str, np.ndarray]:
+    """{'eval/prediction_i': [1, H, 3W, 3] uint8} for the current variables."""
+    self.predictor.variables = variables
+    panels = {}
+    for i, (image, label) in enumerate(self.examples):
+      prediction = inference.predict(self.predictor, image, self.test).argmax(-1)
+      panels[f'eval/prediction_{i}'] = visualize.side_by_side(
+          image, label[..., 0], prediction, self.palette)[None]
+    return panels

@@ -1,0 +1,216 @@
+"""The training loop: data, pmapped steps, logging, evaluation and checkpoints of one run."""
+
+import os
+import tempfile
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from clu import metric_writers
+from flax import jax_utils
+from jax.experimental import multihost_utils
+
+from psp_jax import (checkpoint, config_check, datasets, evaluator, inference, input_pipeline,
+                     kernels, optimizer, preview, resumable_iterator, train_step)
+from psp_jax.datasets import checks
+from psp_jax.models.pspnet import build_model
+from psp_jax.preemption import PreemptionWatch
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir`; an OSError naming it if a file cannot be written there."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as error:
+    raise OSError(f'--workdir={workdir} is not a writable folder ({error.strerror or error}): '
+                  'checkpoints, TensorBoard logs and config.json go there. Pick another '
+                  '--workdir, or make this one writable.') from error
+
+
+def check_finite(pending: list, manager) -> None:
+  """Raises FloatingPointError at the first step of `pending` whose loss or gradient is not finite.
+
+  `pending` holds (step, metrics) of the steps not checked yet, and is emptied. The loop
+  checks before every checkpoint, so a poisoned state is never saved.
+  """
+  for step, metrics in jax.device_get(pending):
+    for name in ('loss', 'aux_loss', 'grad_norm'):
+      if name in metrics and not np.all(np.isfinite(metrics[name])):
+        raise FloatingPointError(
+            f'Step {step}: train/{name} is {np.ravel(metrics[name])[0]}. Stopped without '
+            f'saving; the last good checkpoint is step {manager.latest_step()} in '
+            f'{manager.directory}. Lower config.optimizer.learning_rate or check the data, '
+            'then rerun to resume from it.')
+  pending.clear()
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  history = jax.device_get(history)
+  return {k: float(np.mean([h[k][0] for h in history])) for k in history[0]}
+
+
+def _variables(state) -> dict:
+  """{'params', 'batch_stats'} of the replicated state, on the host's first device."""
+  return jax_utils.unreplicate({'params': state.params, 'batch_stats': state.batch_stats})
+
+
+def _train_batches(config, builder, decode, per_device_batch: int, workdir: str,
+                   start_step: int) -> resumable_iterator.ResumableIterator:
+  """The training stream, at the position saved with checkpoint `start_step` when resuming."""
+  directory = os.path.join(workdir, 'data_state')
+  resume = start_step > 0 and resumable_iterator.saved(directory, start_step)
+  if start_step and not resume:
+    # A checkpoint without a saved position: a fresh, seeded stream rather than
+    # replaying the first examples.
+    logging.warning('No data stream position saved with step %d: continuing with a new '
+                    'stream; the run will not be bit-identical to an uninterrupted one.',
+                    start_step)
+  dataset = input_pipeline.create_split(
+      builder, config.dataset.train_split, config.augment, per_device_batch,
+      seed=config.seed if resume else config.seed + start_step, decode=decode)
+  batches = resumable_iterator.ResumableIterator(dataset, directory)
+  if resume:
+    batches.restore(start_step)
+  return batches
+
+
+def _prepared_builder(dataset):
+  """The TFDS builder of config.dataset, prepared (by process 0 first) if asked."""
+  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir)
+  if dataset.prepare:  # process 0 first, so that a shared data_dir is written once
+    if jax.process_index() == 0:
+      builder.download_and_prepare()
+    multihost_utils.sync_global_devices('dataset prepared')
+    # A builder made before the data existed does not read it afterwards: make it again.
+    builder = tfds.builder(dataset.name, data_dir=dataset.data_dir)
+    builder.download_and_prepare()
+  return builder
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last eval.
+
+  One process per host; each reads its own shard of the data and drives its local
+  devices with the pmapped step. Checkpoints go to `workdir/checkpoints` (last k) and
+  `workdir/best` (best validation mIoU), metrics to TensorBoard files in `workdir`.
+  """
+  # Bad input fails here, in seconds, before any data or model work.
+  config_check.check_config(config)
+  if config.batch_size % jax.device_count():
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
+                     f'{jax.device_count()} devices.')
+  dataset_module = datasets.dataset_module(config.dataset.name)
+  checks.check_prepared(config.dataset, dataset_module)
+  workdir = os.path.abspath(workdir)  # Orbax writes to absolute paths only
+  check_writable(workdir)
+  # The speed rewrites for the devices the steps run on (config.model.kernels).
+  platform = jax.local_devices()[0].platform
+  mode = kernels.resolve(config.model.kernels, platform)
+  model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None,
+                      kernels=mode)
+  latest, best = checkpoint.managers(workdir, config)
+  checkpoint.check_resumable(latest, model)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  per_device_batch = config.batch_size // jax.device_count()
+  builder = _prepared_builder(config.dataset)
+  decode = checks.decoder(dataset_module)
+
+  total_steps = config.num_train_steps
+  learning_rate_fn = optimizer.create_learning_rate_fn(config.optimizer, total_steps)
+  tx = optimizer.create_optimizer(config.optimizer, total_steps)
+  state = train_step.create_train_state(model, tx, jax.random.PRNGKey(config.seed),
+                                        (1, *config.augment.crop_size, 3))
+  if latest.latest_step() is not None:
+    state = checkpoint.restore_state(latest, state)
+    logging.info('Resumed from %s at step %d', latest.directory, int(state.step))
+  elif config.init_from:
+    state = checkpoint.init_variables_from(state, config.init_from)
+  start_step = int(state.step)
+  state = jax_utils.replicate(state)
+
+  train_iter = _train_batches(config, builder, decode, per_device_batch, workdir, start_step)
+  batches = checks.name_corrupt_images(train_iter, builder, config.dataset.train_split)
+  p_train_step = train_step.pmapped_train_step(
+      learning_rate_fn, aux_weight=config.aux_weight, loss_average=config.loss_average,
+      align_corners=config.model.align_corners,
+      cross_entropy_sums=kernels.get(mode).cross_entropy_sums)
+  eval_model = build_model(config.model, kernels=mode)
+  test = inference.TestProtocol.from_config(config.test)
+  split_evaluator = evaluator.Evaluator(eval_model, test, config.model.num_classes,
+                                 dataset_module.CLASS_NAMES)
+  show = preview.PredictionPreview(eval_model, builder, decode, config.dataset.eval_split, test,
+                                   dataset_module.PALETTE, config.num_preview_images)
+
+  def run_eval(state, step):
+    """evaluate.py's protocol (config.test) on the validation split."""
+    variables = _variables(state)
+    metrics, table = evaluator.evaluate_split(split_evaluator, builder, decode,
+                                              config.dataset.eval_split, variables)
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    if jax.process_index() == 0 and config.num_preview_images:
+      writer.write_images(step, show(variables))
+    logging.info('step %d: validation mIoU %.2f  mAcc %.2f  aAcc %.2f', step, metrics['mIoU'],
+                 metrics['mAcc'], metrics['aAcc'])
+    return metrics, table
+
+  def save(state, step):
+    """The data stream's position, then the state (Orbax commits it last, atomically)."""
+    check_finite(unchecked, latest)
+    train_iter.save(step)
+    checkpoint.save_state(latest, step, state)
+    train_iter.prune(latest.all_steps())
+
+  logging.info('Training %s for %d steps from step %d, global batch %d on %d %s devices '
+               "(kernels '%s').", config.dataset.name, total_steps, start_step,
+               config.batch_size, jax.device_count(), platform, mode)
+  preemption = PreemptionWatch()
+  history, unchecked, metrics, table = [], [], {}, None
+  last_log = (start_step, time.time())
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, step_metrics = p_train_step(state, next(batches))
+      history.append(step_metrics)
+      unchecked.append((step, step_metrics))
+      if step % config.log_every_steps == 0 or step == total_steps:
+        check_finite(unchecked, latest)
+        summary = {f'train/{k}': v for k, v in _mean_metrics(history).items()}
+        elapsed = time.time() - last_log[1]
+        steps_per_sec = (step - last_log[0]) / elapsed
+        summary['train/images_per_sec'] = steps_per_sec * config.batch_size
+        writer.write_scalars(step, summary)
+        eta = (total_steps - step) / steps_per_sec
+        logging.info('step %d/%d (%.0f%%)  loss %.4f  aux %.4f  acc %.3f  lr %.2e  '
+                     '%.1f img/s  ETA %dm%02ds', step, total_steps, 100 * step / total_steps,
+                     summary['train/loss'], summary['train/aux_loss'],
+                     summary['train/pixel_accuracy'], summary['train/learning_rate'],
+                     summary['train/images_per_sec'], eta // 60, eta % 60)
+        history, last_log = [], (step, time.time())
+      is_last = step == total_steps
+      if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
+        check_finite(unchecked, latest)
+        metrics, table = run_eval(state, step)
+        checkpoint.save_state(best, step, state, metrics={'mIoU': metrics['mIoU']})
+      if preemption.reached(step):
+        save(state, step)
+        logging.warning('Preempted (SIGTERM): saved step %d in %s; rerun the same command to '
+                        'resume.', step, latest.directory)
+        break
+      if step % config.checkpoint_every_steps == 0 or is_last:
+        save(state, step)
+  finally:
+    preemption.close()
+  latest.wait_until_finished()
+  best.wait_until_finished()
+  writer.flush()
+  if table and jax.process_index() == 0:
+    logging.info('%s %s at step %d:\n%s', config.dataset.name, config.dataset.eval_split,
+                 step, table)
+  return metrics

@@ -1,0 +1,81 @@
+"""psp_jax.kernels: each speed rewrite equals the plain computation, and no mode changes
+the parameter tree. (Pooling, resizing and the pyramid's pieces against PyTorch:
+test_resample.py; the convolution rewrites: test_conv.py, test_winograd.py.)"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from psp_jax import build_model, kernels, losses
+
+TINY = dict(num_classes=5, depth=18, stem_widths=(4, 4, 8), base_width=8, ppm_channels=4,
+            channels=8, aux_channels=4, dropout_rate=0.0)
+
+
+def test_auto_is_cpu_on_cpu_devices_and_xla_elsewhere():
+  assert kernels.resolve('auto', 'cpu') == 'cpu'
+  assert kernels.resolve('auto', 'gpu') == kernels.resolve('auto', 'tpu') == 'xla'
+  assert kernels.resolve('xla', 'cpu') == 'xla' and kernels.resolve('cpu', 'gpu') == 'cpu'
+  assert kernels.get('xla') == kernels.Kernels() and kernels.get('cpu') != kernels.Kernels()
+  with pytest.raises(ValueError, match="config.model.kernels='fast'"):
+    build_model(dict(TINY, kernels='fast'))
+
+
+def _loss_and_grads(mode, variables, images, labels):
+  model = build_model(dict(TINY, kernels=mode))
+  cross_entropy = kernels.get(mode).cross_entropy_sums
+
+  def loss_fn(params):
+    outputs, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                             images, train=True, mutable=['batch_stats'])
+    return losses.segmentation_loss(outputs, labels, cross_entropy_sums=cross_entropy)[0]
+
+  return jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
+
+
+def test_cpu_kernels_give_the_plain_model_same_parameters_outputs_and_gradients():
+  rng = np.random.RandomState(0)
+  images = rng.randn(2, 61, 75, 3).astype(np.float32)
+  labels = np.where(rng.rand(2, 61, 75) < 0.2, 255, rng.randint(0, 5, (2, 61, 75)))
+  labels = labels.astype(np.int32)
+  variables = {
+      mode: jax.jit(build_model(dict(TINY, kernels=mode)).init)(jax.random.PRNGKey(0), images)
+      for mode in ('xla', 'cpu')}
+  assert (jax.tree_util.tree_map(jnp.shape, variables['xla'])
+          == jax.tree_util.tree_map(jnp.shape, variables['cpu']))
+  plain = build_model(dict(TINY, kernels='xla'))
+  fast = build_model(dict(TINY, kernels='cpu'))
+  for method in (None, 'segment'):
+    ours = jax.jit(lambda v, x, m=method: fast.apply(v, x, method=m))(variables['xla'], images)
+    want = jax.jit(lambda v, x, m=method: plain.apply(v, x, method=m))(variables['xla'], images)
+    for got, expected in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(want)):
+      scale = np.abs(expected).max()
+      assert scale > 0.01 and np.abs(got - expected).max() <= 1e-5 * scale
+
+  value, grads = _loss_and_grads('cpu', variables['xla'], images, labels)
+  plain_value, plain_grads = _loss_and_grads('xla', variables['xla'], images, labels)
+  np.testing.assert_allclose(value, plain_value, rtol=1e-5)
+  grads = flax.traverse_util.flatten_dict(grads, sep='/')
+  plain_grads = flax.traverse_util.flatten_dict(plain_grads, sep='/')
+  worst = max((np.abs(grads[k] - g).max() / np.abs(g).max(), k) for k, g in plain_grads.items()
+              if np.abs(g).max() > 0)
+  assert worst[0] <= 1e-3, worst
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+def test_blockwise_loss_equals_the_plain_loss(align_corners):
+  from psp_jax.kernels import cross_entropy
+  rng = np.random.RandomState(1)
+  logits = jnp.asarray(rng.randn(2, 9, 11, 7), jnp.float32)
+  labels = np.where(rng.rand(2, 67, 83) < 0.3, 255, rng.randint(0, 7, (2, 67, 83)))
+  labels = jnp.asarray(labels, jnp.int32)
+  results = []
+  for sums in (losses.upsampled_cross_entropy_sums, cross_entropy.upsampled_cross_entropy_sums):
+    value, vjp = jax.vjp(lambda x, f=sums: f(x, labels, align_corners)[0], logits)
+    results.append((value, sums(logits, labels, align_corners)[1], vjp(jnp.ones(()))[0]))
+  (value, hits, grad), (block_value, block_hits, block_grad) = results
+  np.testing.assert_allclose(block_value, value, rtol=1e-5)
+  assert float(block_hits) == float(hits) > 0
+  np.testing.assert_allclose(block_grad, grad, atol=1e-5 * float(np.abs(grad).max()))
