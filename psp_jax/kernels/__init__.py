@@ -30,10 +30,6 @@ def resolve(mode: str, platform: str | None = None) -> str:
   return 'cpu' if (platform or jax.default_backend()) == 'cpu' else 'xla'
 
 
-def _identity(x):
-  return x
-
-
 def _adaptive_avg_pools(x, output_sizes):
   return [resample.adaptive_avg_pool(x, n) for n in output_sizes]
 
@@ -42,7 +38,7 @@ def _adaptive_avg_pools(x, output_sizes):
 class Kernels:
   """The operations of one mode; the defaults are the plain ones."""
   conv_general_dilated: Callable = jax.lax.conv_general_dilated  # for nn.Conv
-  keep: Callable = _identity                          # on each ResNet block's output
+  keep: Callable | None = None                        # on each ResNet block's output
   max_pool: Callable = resample.max_pool              # the stem's 3x3/2 max pool
   resize_bilinear: Callable = resample.resize_bilinear  # logits and pyramid upsampling
   adaptive_avg_pools: Callable = _adaptive_avg_pools  # the pyramid's bins

@@ -16,9 +16,6 @@ from psp_jax import resample
 ModuleDef = Any
 
 
-def _identity(x):
-  return x
-
 # torchvision/mmcv ResNet initialisation: kaiming normal, fan_out, for ReLU.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -69,7 +66,7 @@ class BasicBlock(nn.Module):
   strides: int = 1
   dilation: int = 1
   downsample: bool = False
-  keep: Callable = _identity   # psp_jax.kernels' residual-stream identity
+  keep: Callable | None = None  # psp_jax.kernels' residual-stream identity, or none
   expansion = 1
 
   @nn.compact
@@ -84,7 +81,8 @@ class BasicBlock(nn.Module):
       residual = self.conv(self.features, (1, 1), self.strides, padding='VALID',
                            name='downsample_conv')(x)
       residual = self.norm(name='downsample_bn')(residual)
-    return self.keep(nn.relu(y + residual))
+    y = nn.relu(y + residual)
+    return self.keep(y) if self.keep else y
 
 
 class Bottleneck(nn.Module):
@@ -95,7 +93,7 @@ class Bottleneck(nn.Module):
   strides: int = 1
   dilation: int = 1
   downsample: bool = False
-  keep: Callable = _identity
+  keep: Callable | None = None
   expansion = 4
 
   @nn.compact
@@ -112,7 +110,8 @@ class Bottleneck(nn.Module):
       residual = self.conv(self.features * 4, (1, 1), self.strides, padding='VALID',
                            name='downsample_conv')(x)
       residual = self.norm(name='downsample_bn')(residual)
-    return self.keep(nn.relu(y + residual))
+    y = nn.relu(y + residual)
+    return self.keep(y) if self.keep else y
 
 
 class DilatedResNet(nn.Module):
@@ -133,7 +132,7 @@ class DilatedResNet(nn.Module):
   conv: ModuleDef
   norm: ModuleDef
   max_pool: Callable = resample.max_pool
-  keep: Callable = _identity
+  keep: Callable | None = None
   depth: int = 50
   stem: str = 'deep'
   stem_widths: Sequence[int] = (32, 32, 64)
