@@ -79,24 +79,23 @@ class PyramidBottleneck(nn.Module):
   then the branches by bin): 'conv/kernel' [3, 3, C + sum(branch widths), features], 'bn'.
   """
   features: int
-  conv: Any      # the model's nn.Conv partial: its dtype, param_dtype, init and lowering
-  norm: Any      # the model's BatchNorm partial
+  conv: Any      # the model's nn.Conv definition: its dtype, param_dtype, init and lowering
+  norm: Any      # the model's BatchNorm definition
   align_corners: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, branches: Sequence[jnp.ndarray]) -> jnp.ndarray:
     """x: [B, h, w, C], branches: [B, n, n, c] each -> [B, h, w, features]."""
-    conv = self.conv.keywords
-    dtype = conv['dtype']
+    conv = self.conv(self.features, (3, 3), parent=None)  # read, never called
     widths = [x.shape[-1]] + [y.shape[-1] for y in branches]
-    kernel = _Kernel((3, 3, sum(widths), self.features), conv['kernel_init'],
-                     conv['param_dtype'], name='conv')()
-    parts = jnp.split(kernel.astype(dtype), np.cumsum(widths)[:-1], axis=2)
-    out = conv['conv_general_dilated'](
-        x.astype(dtype), parts[0], (1, 1), ((1, 1), (1, 1)),
+    kernel = _Kernel((3, 3, sum(widths), self.features), conv.kernel_init, conv.param_dtype,
+                     name='conv')()
+    parts = jnp.split(kernel.astype(conv.dtype), np.cumsum(widths)[:-1], axis=2)
+    out = conv.conv_general_dilated(
+        x.astype(conv.dtype), parts[0], (1, 1), ((1, 1), (1, 1)),
         dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, parts[0].shape,
                                                          ('NHWC', 'HWIO', 'NHWC')))
     for y, part in zip(branches, parts[1:]):
-      out = out + upsampled_conv3x3(y.astype(dtype), part, x.shape[1:3],
+      out = out + upsampled_conv3x3(y.astype(conv.dtype), part, x.shape[1:3],
                                     self.align_corners)
     return nn.relu(self.norm(name='bn')(out))
