@@ -1,5 +1,7 @@
 """The first validation images, their ground truth and the current prediction, for TensorBoard."""
 
+import dataclasses
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -21,8 +23,8 @@ class PredictionPreview:
     self.examples = list(checks.name_corrupt_images(tfds.as_numpy(examples), builder, split)
                          ) if count else []
     self.predictor = inference.Predictor(model, None, size_divisor=test.size_divisor)
-    self.test = inference.TestProtocol(resize=test.resize, test_scale=test.test_scale,
-                                       base_size=test.base_size)
+    # One whole-image pass at the test size: the preview is a picture, not the metric.
+    self.test = dataclasses.replace(test, mode='whole', scales=(1.0,), flip=False)
     self.palette = palette
 
   def __call__(self, variables) -> dict[str, np.ndarray]:
