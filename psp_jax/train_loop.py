@@ -134,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   elif config.init_from:
     state = checkpoint.init_variables_from(state, config.init_from)
   start_step = int(state.step)
-  state = jax_utils.replicate(state)
+  state = train_step.replicate(state)
 
   train_iter = _train_batches(config, builder, decode, per_device_batch, workdir, start_step)
   batches = checks.name_corrupt_images(train_iter, builder, config.dataset.train_split)

@@ -6,6 +6,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from flax import jax_utils
 from flax.training import train_state
 
 from psp_jax import losses, spec
@@ -60,6 +61,16 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
   metrics['learning_rate'] = learning_rate_fn(state.step)
   metrics['grad_norm'] = optax.global_norm(grads)
   return new_state, metrics
+
+
+def replicate(tree: Any, axis_name: str = 'batch') -> Any:
+  """`tree` copied to every local device, placed as `jax.pmap(axis_name=...)` places outputs.
+
+  jax >= 0.8's pmap keys its compilation cache on the input shardings, and
+  flax's `jax_utils.replicate` gives another mesh axis than the step's outputs have: the
+  step's second call would compile it again.
+  """
+  return jax.pmap(lambda x: x, axis_name=axis_name)(jax_utils.replicate(tree))
 
 
 def pmapped_train_step(learning_rate_fn, **kwargs):

@@ -23,7 +23,7 @@ import tiny_config
 from psp_jax import train_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 20
+STEPS = 12
 
 
 def command(workdir, data_dir, *overrides):

@@ -7,6 +7,7 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from flax import jax_utils
 
 from psp_jax import build_model, losses, optimizer, train_step
 from psp_jax.kernels import cross_entropy
@@ -189,3 +190,30 @@ def test_pmapped_step_equals_single_device_step_on_global_batch():
     for a, b in zip(ours, theirs):
       for device in range(n):
         np.testing.assert_allclose(a[device], b, atol=2e-5, rtol=2e-4)
+
+
+def _backend_compiles(fn, *args) -> int:
+  """How many XLA programs `fn(*args)` compiles."""
+  events = []
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      events.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    jax.block_until_ready(fn(*args))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return len(events)
+
+
+@pytest.mark.parametrize('replicate, second_call_compiles', [
+    (train_step.replicate, 0),
+    (jax_utils.replicate, 1),  # flax's: another mesh axis than the step's outputs
+])
+def test_a_replicated_state_is_placed_as_the_step_returns_it(replicate, second_call_compiles):
+  step = jax.pmap(lambda state: jax.tree_util.tree_map(lambda x: x + 1, state),
+                  axis_name='batch', donate_argnums=(0,))
+  state = replicate({'w': jnp.ones((3, 2)), 'step': jnp.zeros((), jnp.int32)})
+  state = step(state)
+  assert _backend_compiles(step, state) == second_call_compiles
