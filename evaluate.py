@@ -9,11 +9,11 @@ per-class table and writes it as JSON (default: DIR/eval_<split>.json).
 import json
 import os
 
-import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psp_jax import checkpoint, config_check, datasets, evaluator, inference, input_pipeline
+from psp_jax import (checkpoint, classes, cli, config_check, datasets, evaluator, inference,
+                     input_pipeline)
 from psp_jax.datasets import checks
 from psp_jax.models.pspnet import build_model
 
@@ -31,11 +31,11 @@ FLAGS = flags.FLAGS
 def evaluate(config, model, variables, split: str) -> tuple[dict[str, float], str]:
   """(metrics, per-class table) of `variables` of `model` on `split` of config.dataset."""
   module = datasets.dataset_module(config.dataset.name)
-  builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
+  class_names, _ = classes.for_config(config.dataset)
   split_evaluator = evaluator.Evaluator(model, inference.TestProtocol.from_config(config.test),
-                                        config.model.num_classes, module.CLASS_NAMES)
-  return evaluator.evaluate_split(split_evaluator, builder, checks.decoder(module), split,
-                                  variables)
+                                        config.model.num_classes, class_names)
+  return evaluator.evaluate_split(split_evaluator, datasets.builder(config.dataset),
+                                  checks.decoder(module, len(class_names)), split, variables)
 
 
 def main(argv):
@@ -64,4 +64,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_check.parse_flags)
+  cli.run(main)

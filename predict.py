@@ -5,18 +5,21 @@
 --checkpoint takes variables from `python -m psp_jax.convert` (a published mmseg or semseg
 model) or --workdir a training workdir (its best checkpoint). config.test decides the
 protocol (whole or sliding window, test resize, scales, flip); the dataset in the config
-gives the class names and palette. For each image OUT/<name>_mask.png holds the colour
-mask and OUT/<name>_overlay.png the blend with a legend of the classes present.
+gives the class names and palette. For each image NAME.EXT, OUT/NAME.EXT_mask.png holds the
+colour mask and OUT/NAME.EXT_overlay.png the blend with a legend of the classes present.
+EXIF orientation is applied first, as photo viewers do. A file that cannot be read is
+reported in one line and skipped; the exit status is then 1.
 """
 
 import os
+import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
-from PIL import Image
+from PIL import Image, ImageOps
 
-from psp_jax import checkpoint, classes, config_check, inference, visualize
+from psp_jax import checkpoint, classes, cli, config_check, errors, inference, visualize
 from psp_jax.models.pspnet import build_model
 
 config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, test).',
@@ -26,29 +29,53 @@ flags.DEFINE_string('workdir', None, 'Training workdir (its best checkpoint), in
 flags.DEFINE_string('out', None, 'Output folder.')
 flags.mark_flags_as_required(['config', 'out'])
 FLAGS = flags.FLAGS
-_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def image_paths(arguments: list[str]) -> list[str]:
   """Files as given, and the images inside any folder given (sorted)."""
+  if not arguments:
+    raise errors.InputError('give at least one image or folder of images.')
   paths = []
   for argument in arguments:
     if os.path.isdir(argument):
-      paths += sorted(os.path.join(argument, name) for name in os.listdir(argument)
-                      if name.lower().endswith(_EXTENSIONS))
+      found = sorted(os.path.join(argument, name) for name in os.listdir(argument)
+                     if name.lower().endswith(_EXTENSIONS))
+      if not found:
+        raise errors.InputError(f'no images found in {argument} (looked for '
+                                f'{", ".join(_EXTENSIONS)}).')
+      paths += found
     elif os.path.isfile(argument):
       paths.append(argument)
     else:
-      raise app.UsageError(f'{argument}: no such file or folder.')
+      raise errors.InputError(f'{argument}: no such file or folder.')
   return paths
+
+
+def output_names(paths: list[str]) -> dict[str, str]:
+  """path -> 'NAME.EXT', the prefix of its outputs; two inputs never share one."""
+  names = {path: os.path.basename(path) for path in paths}
+  by_name = {}
+  for path, name in names.items():
+    by_name.setdefault(name, []).append(path)
+  clashes = [paths for paths in by_name.values() if len(paths) > 1]
+  if clashes:
+    raise errors.InputError('these inputs would write the same outputs: ' + '; '.join(
+        ' and '.join(paths) for paths in clashes) + '. Predict them in separate runs.')
+  return names
+
+
+def read_image(path: str) -> np.ndarray:
+  """[H, W, 3] uint8 RGB as the image is meant to be seen (EXIF orientation applied)."""
+  with Image.open(path) as image:
+    return np.asarray(ImageOps.exif_transpose(image).convert('RGB'))
 
 
 def main(argv):
   paths = image_paths(argv[1:])
-  if not paths:
-    raise app.UsageError('Give at least one image or folder of images.')
+  names = output_names(paths)
   if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):
-    raise app.UsageError('Give exactly one of --checkpoint and --workdir.')
+    raise errors.InputError('give exactly one of --checkpoint and --workdir.')
   config_check.check_config(FLAGS.config)
   config = FLAGS.config
   model = build_model(config.model)
@@ -56,21 +83,31 @@ def main(argv):
                else checkpoint.load_trained_variables(FLAGS.workdir)[0])
   checkpoint.check_fits(variables, checkpoint.variable_shapes(model),
                         FLAGS.checkpoint or FLAGS.workdir)
-  class_names, palette = classes.for_dataset(config.dataset.name)
+  class_names, palette = classes.for_config(config.dataset)
   test = inference.TestProtocol.from_config(config.test)
   predictor = inference.predictor_for_test(model, variables, test)
   os.makedirs(FLAGS.out, exist_ok=True)
+  failed = []
   for path in paths:
-    image = np.asarray(Image.open(path).convert('RGB'))
+    try:
+      image = read_image(path)
+    except OSError as error:  # PIL's "cannot identify image file" is one too
+      sys.stderr.write(f'error: {path}: cannot read it as an image ({error})\n')
+      failed.append(path)
+      continue
     prediction = inference.predict(predictor, image, test).argmax(-1)
     colours = visualize.colorize(prediction, palette)
     legend = visualize.legend(prediction, class_names, palette, image.shape[1])
-    name = os.path.splitext(os.path.basename(path))[0]
-    Image.fromarray(colours).save(os.path.join(FLAGS.out, f'{name}_mask.png'))
-    blended = np.concatenate([visualize.overlay(image, colours), legend])
-    Image.fromarray(blended).save(os.path.join(FLAGS.out, f'{name}_overlay.png'))
-    logging.info('%s -> %s/%s_{mask,overlay}.png', path, FLAGS.out, name)
+    prefix = os.path.join(FLAGS.out, names[path])
+    Image.fromarray(colours).save(f'{prefix}_mask.png')
+    Image.fromarray(np.concatenate([visualize.overlay(image, colours), legend])).save(
+        f'{prefix}_overlay.png')
+    logging.info('%s -> %s_{mask,overlay}.png', path, prefix)
+  if failed:
+    sys.stderr.write(f'{len(failed)} of {len(paths)} images could not be read; the others '
+                     f'are in {FLAGS.out}.\n')
+    sys.exit(1)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_check.parse_flags)
+  cli.run(main)

@@ -11,7 +11,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psp_jax import config_check, input_pipeline, train_loop
+from psp_jax import cli, input_pipeline, train_loop
 
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard logs.')
@@ -43,4 +43,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_check.parse_flags)
+  cli.run(main)

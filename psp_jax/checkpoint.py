@@ -15,6 +15,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import jax_utils, serialization, traverse_util
 
+from psp_jax import errors
+
 _MAX_LISTED = 20  # mismatched arrays listed in the error; a different depth differs in hundreds
 
 
@@ -62,7 +64,7 @@ def check_fits(variables: Any, expected: Any, source: str, partial: bool = False
                  for k, v in want.items() if k not in have]
   if problems:
     more = len(problems) - _MAX_LISTED
-    raise ValueError(
+    raise errors.InputError(
         f'{source} does not fit the model config.model builds ({len(problems)} arrays):\n  '
         + '\n  '.join(problems[:_MAX_LISTED]) + (f'\n  ... and {more} more' if more > 0 else '')
         + f'\n{fix}')
@@ -145,7 +147,7 @@ def check_resumable(manager: ocp.CheckpointManager, model) -> None:
 def load_trained_variables(workdir: str, which: str = 'best') -> tuple[Any, int]:
   """({'params', 'batch_stats'}, step) of the best (by mIoU) or latest checkpoint in `workdir`."""
   if which not in ('best', 'latest'):
-    raise ValueError(f"which={which!r}: use 'best' or 'latest'.")
+    raise errors.InputError(f"which={which!r}: use 'best' or 'latest'.")
   directory = os.path.join(os.path.abspath(workdir), 'best' if which == 'best' else 'checkpoints')
   manager = ocp.CheckpointManager(directory)
   step = manager.best_step() if which == 'best' else manager.latest_step()

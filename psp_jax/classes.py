@@ -1,8 +1,15 @@
 """Class names and colour palettes of the datasets psp_jax knows, without TensorFlow.
 
 predict.py and psp_jax.inference read them here; the TFDS builders (psp_jax/datasets/)
-use the same tuples.
+use the same tuples; a folder dataset's come from its config or its classes.json.
 """
+
+import json
+import os
+
+import numpy as np
+
+from psp_jax import errors
 
 # mmseg ADE20KDataset.METAINFO['classes'] order; mmseg spells the eighth 'bed ' with a space.
 ADE20K_CLASS_NAMES = (
@@ -100,10 +107,80 @@ _BY_DATASET = {
 }
 
 
-def for_dataset(tfds_name: str) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+FOLDER = 'folder'  # config.dataset.name of your own data (psp_jax.datasets.folder)
+CLASSES_FILE = 'classes.json'  # {"classes": [...], "palette": [[r, g, b], ...]} next to the data
+
+Palette = tuple[tuple[int, int, int], ...]
+
+
+def base_name(tfds_name: str) -> str:
+  """'cityscapes/semantic_segmentation:1.0.0' -> 'cityscapes'."""
+  return tfds_name.split('/')[0].split(':')[0]
+
+
+def for_dataset(tfds_name: str) -> tuple[tuple[str, ...], Palette]:
   """(class names, palette) of 'cityscapes/semantic_segmentation:1.0.0' and the like."""
-  name = tfds_name.split('/')[0].split(':')[0]
+  name = base_name(tfds_name)
   if name not in _BY_DATASET:
-    raise ValueError(f'config.dataset.name={tfds_name!r}: psp_jax knows the class names of '
-                     f'{sorted(_BY_DATASET)} only.')
+    raise errors.InputError(
+        f'config.dataset.name={tfds_name!r}: psp_jax knows the class names of '
+        f'{sorted(_BY_DATASET)}; for your own data use {FOLDER!r} (configs/folder.py).')
   return _BY_DATASET[name]
+
+
+def default_palette(num_classes: int) -> Palette:
+  """Distinct colours for classes without a palette: mmseg's random palette, but fixed."""
+  rng = np.random.RandomState(0)
+  return tuple(tuple(int(c) for c in rng.randint(0, 256, 3)) for _ in range(num_classes))
+
+
+def read_folder(dataset) -> tuple[tuple[str, ...], Palette | None]:
+  """(class names, palette or None) of a folder dataset: config.dataset.classes / .palette,
+  else ROOT/classes.json."""
+  names, palette = dataset.classes, dataset.palette
+  path = os.path.join(dataset.root or '', CLASSES_FILE)
+  if names is None:
+    if not dataset.root:
+      raise errors.InputError(f'config.dataset.name={FOLDER!r} needs '
+                              '--config.dataset.root=DIR, the folder that holds images/ and '
+                              'annotations/.')
+    if not os.path.isfile(path):
+      raise errors.InputError(
+          f'{dataset.root} has no {CLASSES_FILE} and config.dataset.classes is not set: give '
+          f'the class names, e.g. --config.dataset.classes="(\'background\', \'cat\')", or '
+          f'write {path} as {{"classes": [...], "palette": [[r, g, b], ...]}}.')
+    try:
+      with open(path) as f:
+        stored = json.load(f)
+      names, palette = stored['classes'], palette or stored.get('palette')
+    except (ValueError, KeyError, TypeError) as error:
+      raise errors.InputError(f'{path}: expected {{"classes": [...], "palette": [[r, g, b], '
+                              f'...]}} ("palette" optional), could not read it ({error}).')
+  names = tuple(str(name) for name in names)
+  if not names:
+    raise errors.InputError(f'{path if dataset.classes is None else "config.dataset.classes"}'
+                            ' lists no classes.')
+  if palette is None:
+    return names, None
+  palette = tuple(tuple(int(c) for c in colour) for colour in palette)
+  if len(palette) != len(names) or any(len(c) != 3 or not all(0 <= v < 256 for v in c)
+                                       for c in palette):
+    raise errors.InputError(f'the palette of {len(palette)} colours does not give one '
+                            f'(r, g, b) colour in 0..255 to each of the {len(names)} classes.')
+  if len(set(palette)) != len(palette):
+    raise errors.InputError('the palette gives two classes the same colour, so an RGB label '
+                            'map could not be read back.')
+  return names, palette
+
+
+def for_folder(dataset) -> tuple[tuple[str, ...], Palette]:
+  """(class names, palette) of a folder dataset, `default_palette` where it gives none."""
+  names, palette = read_folder(dataset)
+  return names, palette or default_palette(len(names))
+
+
+def for_config(dataset) -> tuple[tuple[str, ...], Palette]:
+  """(class names, palette) of config.dataset: a known dataset's, or a folder's own."""
+  if base_name(dataset.name) == FOLDER:
+    return for_folder(dataset)
+  return for_dataset(dataset.name)

@@ -45,6 +45,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.prepare = True     # download_and_prepare (real datasets read the manual dir)
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'validation'
+  # Your own data (name 'folder', configs/folder.py), in mmseg BaseSegDataset's layout:
+  # root/images/{train,val}/NAME + img_suffix, root/annotations/{train,val}/NAME +
+  # seg_map_suffix.
+  config.dataset.root = config_dict.placeholder(str)
+  config.dataset.img_suffix = '.jpg'
+  config.dataset.seg_map_suffix = '.png'
+  config.dataset.reduce_zero_label = False  # label 0 = ignore, k -> k - 1 (as ADE20K's)
+  config.dataset.classes = config_dict.placeholder(tuple)  # else root/classes.json
+  config.dataset.palette = config_dict.placeholder(tuple)  # ((r, g, b), ...): RGB labels, pictures
 
   config.augment = ml_collections.ConfigDict()  # mmseg train_pipeline, in its order
   config.augment.scale_range = (0.5, 2.0)       # RandomResize ratio_range, times resize_scale:

@@ -1,20 +1,17 @@
 """Config keys: every psp_jax config derives from psp_jax/config.py, whose keys are all there are.
 
 A key outside that set is a typo or a knob psp_jax does not have; either way the run would go
-on without it. `check_config` refuses a config file that sets one and `parse_flags` a
+on without it. `check_config` refuses a config file that sets one and psp_jax.cli a
 `--config.key=...` override of one, each naming the closest known key, before any work starts.
 `check_config` also holds config.model.num_classes to the dataset's number of classes.
 """
 
 import difflib
-import re
-import sys
 from typing import Iterator
 
 import ml_collections
-from absl import app
 
-from psp_jax import classes, config as base
+from psp_jax import classes, config as base, errors
 
 
 def schema() -> ml_collections.ConfigDict:
@@ -47,7 +44,7 @@ def unknown_keys(paths, known: set[str], prefix: str) -> list[str]:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError on a key psp_jax/config.py lacks, or num_classes not the dataset's.
+  """Raises errors.InputError on a key psp_jax/config.py lacks, or num_classes not the dataset's.
 
   Called first by train_loop.train_and_evaluate, evaluate.py and predict.py: it is cheap and
   comes before any data or model work, so a typo costs seconds, not a run.
@@ -55,30 +52,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   known = set(key_paths(schema()))
   unknown = unknown_keys(key_paths(config), known, 'config.')
   if unknown:
-    raise ValueError(
+    raise errors.InputError(
         f'Unknown config key{"s" * (len(unknown) > 1)} {", ".join(unknown)}. psp_jax reads '
         'only the keys of psp_jax/config.py, which every config derives from; any '
         'other key would be ignored. Fix the name in your config file.')
-  class_names, _ = classes.for_dataset(config.dataset.name)
+  class_names, _ = classes.for_config(config.dataset)
   if config.model.num_classes != len(class_names):
-    raise ValueError(
+    raise errors.InputError(
         f'config.model.num_classes={config.model.num_classes}, but {config.dataset.name} has '
         f'{len(class_names)} classes ({", ".join(class_names[:3])}, ...); the classifier needs '
         f'one output per class. Set --config.model.num_classes={len(class_names)}.')
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """`app.run`'s flags_parser: absl's, with an unknown `--config.key` reported like a bad flag.
-
-  ml_collections (with lock_config=True) refuses the override with a KeyError or
-  AttributeError and a traceback through absl; this prints one line naming the closest key.
-  """
-  try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError):
-    overrides = [m.group(1) for m in map(re.compile(r'^--?config\.([^=\[]+)').match, argv) if m]
-    unknown = unknown_keys(overrides, set(key_paths(schema())), '--config.')
-    if not unknown:
-      raise
-    sys.stderr.write(f'FATAL Flags parsing error: unknown config key {", ".join(unknown)}\n')
-    sys.exit(1)

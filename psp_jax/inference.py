@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psp_jax import resample, spec
+from psp_jax import errors, resample, spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +124,9 @@ class Predictor:
                crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
                window_batch: int = 4, size_divisor: int | None = None):
     if mode not in ('whole', 'slide'):
-      raise ValueError(f"mode={mode!r}: use 'whole' or 'slide'.")
+      raise errors.InputError(f"mode={mode!r}: use 'whole' or 'slide'.")
     if mode == 'slide' and not (crop_size and stride):
-      raise ValueError('slide mode needs crop_size and stride.')
+      raise errors.InputError('slide mode needs crop_size and stride.')
     self.model, self.variables, self.mode = model, variables, mode
     self.crop_size, self.stride, self.window_batch = crop_size, stride, window_batch
     self.size_divisor = size_divisor
@@ -182,7 +182,7 @@ def test_size(height: int, width: int, resize: str, scale: float = 1.0,
     return base_size(height, width, base, scale)
   if resize == 'none':
     return round(height * scale), round(width * scale)
-  raise ValueError(f"resize={resize!r}: use 'keep_ratio', 'base_size' or 'none'.")
+  raise errors.InputError(f"resize={resize!r}: use 'keep_ratio', 'base_size' or 'none'.")
 
 
 def predict(predictor: Predictor, image: np.ndarray, test: TestProtocol) -> np.ndarray:

@@ -10,7 +10,7 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from psp_jax import augment, spec
+from psp_jax import augment, errors, spec
 from psp_jax.datasets import checks
 
 
@@ -58,9 +58,9 @@ def create_split(builder, split: str, config: Mapping[str, Any], per_device_batc
 
   num_devices = jax.device_count()
   if builder.info.splits[split].num_examples < num_devices:
-    raise ValueError(f'{builder.info.full_name} {split} has '
-                     f'{builder.info.splits[split].num_examples} examples, fewer than the '
-                     f'{num_devices} devices that each read their own shard of it.')
+    raise errors.InputError(f'{builder.info.full_name} {split} has '
+                            f'{builder.info.splits[split].num_examples} examples, fewer than the '
+                            f'{num_devices} devices that each read their own shard of it.')
   shards = tfds.even_splits(split, n=num_devices, drop_remainder=False)
   streams = []
   for device in jax.local_devices():

@@ -5,7 +5,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from psp_jax import resample, spec
+from psp_jax import errors, resample, spec
 
 
 def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
@@ -55,7 +55,7 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
     the global batch; pixel accuracy of the main head on labelled pixels).
   """
   if average not in ('valid', 'all'):
-    raise ValueError(f"loss average must be 'valid' or 'all', got {average!r}.")
+    raise errors.InputError(f"loss average must be 'valid' or 'all', got {average!r}.")
   dtype = jnp.promote_types(outputs['logits'].dtype, jnp.float32)
   labelled = labels != ignore_label
   num_labelled = jnp.sum(labelled).astype(dtype)

@@ -5,7 +5,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from psp_jax import spec
+from psp_jax import errors, spec
 
 
 def confusion_matrix(predictions: jnp.ndarray, labels: jnp.ndarray, num_classes: int,
@@ -57,8 +57,8 @@ def check_labels(label: np.ndarray, num_classes: int, source: str = 'a label map
   values = np.unique(label)
   bad = values[((values < 0) | (values >= num_classes)) & (values != spec.IGNORE_LABEL)]
   if bad.size:
-    raise ValueError(f'{source}: label values {bad[:20].tolist()} are neither class ids in '
-                     f'[0, {num_classes}) nor the ignore label {spec.IGNORE_LABEL}.')
+    raise errors.InputError(f'{source}: label values {bad[:20].tolist()} are neither class ids in '
+                            f'[0, {num_classes}) nor the ignore label {spec.IGNORE_LABEL}.')
 
 
 def format_table(metrics: dict[str, float], class_names: Sequence[str]) -> str:

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from psp_jax import errors
+
 
 SCHEDULES = ('mmseg', 'semseg')
 
@@ -38,19 +40,19 @@ def create_learning_rate_fn(config: Mapping[str, Any], total_steps: int,
   kind, warmup = config['schedule'], config['warmup_steps']
   base, power, floor = lr_mult * config['learning_rate'], config['poly_power'], config['end_learning_rate']
   if kind not in SCHEDULES:
-    raise ValueError(f'config.optimizer.schedule={kind!r}: use one of {SCHEDULES}.')
+    raise errors.InputError(f'config.optimizer.schedule={kind!r}: use one of {SCHEDULES}.')
   # optax counts steps in int32, which JAX divides in float32 even with x64 enabled: the
   # schedule computes in the default float dtype (float64 under x64), as PyTorch's does.
   as_float = lambda step: jnp.asarray(step, float)
   if kind == 'semseg':
     if warmup or floor:
-      raise ValueError(
+      raise errors.InputError(
           f'config.optimizer.schedule=\'semseg\' has no warm-up and no floor, but '
           f'warmup_steps={warmup} and end_learning_rate={floor}: set them to 0, or use '
           "schedule='mmseg' (LinearLR + PolyLR).")
     return lambda step: base * (1 - as_float(step) / total_steps) ** power
   if not 0 <= warmup < total_steps:
-    raise ValueError(f'optimizer.warmup_steps={warmup} must be in [0, {total_steps}).')
+    raise errors.InputError(f'optimizer.warmup_steps={warmup} must be in [0, {total_steps}).')
 
   def linear(step):  # LinearLR(start_factor=warmup_ratio, end_factor=1, end=warmup)
     ratio, span = config['warmup_ratio'], warmup - 1

@@ -7,29 +7,29 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 from clu import metric_writers
 from flax import jax_utils
 from jax.experimental import multihost_utils
 
-from psp_jax import (checkpoint, config_check, datasets, evaluator, inference, input_pipeline,
-                     kernels, optimizer, preview, resumable_iterator, train_step)
+from psp_jax import (checkpoint, classes, config_check, datasets, errors, evaluator, inference,
+                     input_pipeline, kernels, optimizer, preview, resumable_iterator, train_step)
 from psp_jax.datasets import checks
 from psp_jax.models.pspnet import build_model
 from psp_jax.preemption import PreemptionWatch
 
 
 def check_writable(workdir: str) -> None:
-  """Creates `workdir`; an OSError naming it if a file cannot be written there."""
+  """Creates `workdir`; an InputError naming it if a file cannot be written there."""
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.TemporaryFile(dir=workdir):
       pass
   except OSError as error:
-    raise OSError(f'--workdir={workdir} is not a writable folder ({error.strerror or error}): '
-                  'checkpoints, TensorBoard logs and config.json go there. Pick another '
-                  '--workdir, or make this one writable.') from error
+    raise errors.InputError(
+        f'--workdir={workdir} is not a writable folder ({error.strerror or error}): '
+        'checkpoints, TensorBoard logs and config.json go there. Pick another --workdir, or '
+        'make this one writable.') from error
 
 
 def check_finite(pending: list, manager) -> None:
@@ -81,13 +81,13 @@ def _train_batches(config, builder, decode, per_device_batch: int, workdir: str,
 
 def _prepared_builder(dataset):
   """The TFDS builder of config.dataset, prepared (by process 0 first) if asked."""
-  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir)
+  builder = datasets.builder(dataset)
   if dataset.prepare:  # process 0 first, so that a shared data_dir is written once
     if jax.process_index() == 0:
       builder.download_and_prepare()
     multihost_utils.sync_global_devices('dataset prepared')
     # A builder made before the data existed does not read it afterwards: make it again.
-    builder = tfds.builder(dataset.name, data_dir=dataset.data_dir)
+    builder = datasets.builder(dataset)
     builder.download_and_prepare()
   return builder
 
@@ -102,17 +102,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Bad input fails here, in seconds, before any data or model work.
   config_check.check_config(config)
   if config.batch_size % jax.device_count():
-    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by the '
-                     f'{jax.device_count()} devices.')
-  dataset_module = datasets.dataset_module(config.dataset.name)
-  checks.check_prepared(config.dataset, dataset_module)
-  workdir = os.path.abspath(workdir)  # Orbax writes to absolute paths only
-  check_writable(workdir)
+    raise errors.InputError(f'config.batch_size={config.batch_size} must be divisible by the '
+                            f'{jax.device_count()} devices.')
   # The speed rewrites for the devices the steps run on (config.model.kernels).
   platform = jax.local_devices()[0].platform
   mode = kernels.resolve(config.model.kernels, platform)
   model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None,
                       kernels=mode)
+  dataset_module = datasets.dataset_module(config.dataset.name)
+  checks.check_prepared(config.dataset, dataset_module, datasets.builder(config.dataset))
+  workdir = os.path.abspath(workdir)  # Orbax writes to absolute paths only
+  check_writable(workdir)
   latest, best = checkpoint.managers(workdir, config)
   checkpoint.check_resumable(latest, model)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -121,7 +121,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f.write(config.to_json_best_effort(indent=2))
   per_device_batch = config.batch_size // jax.device_count()
   builder = _prepared_builder(config.dataset)
-  decode = checks.decoder(dataset_module)
+  class_names, palette = classes.for_config(config.dataset)
+  decode = checks.decoder(dataset_module, len(class_names))
 
   total_steps = config.num_train_steps
   learning_rate_fn = optimizer.create_learning_rate_fn(config.optimizer, total_steps)
@@ -145,9 +146,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_model = build_model(config.model, kernels=mode)
   test = inference.TestProtocol.from_config(config.test)
   split_evaluator = evaluator.Evaluator(eval_model, test, config.model.num_classes,
-                                 dataset_module.CLASS_NAMES)
+                                        class_names)
   show = preview.PredictionPreview(eval_model, builder, decode, config.dataset.eval_split, test,
-                                   dataset_module.PALETTE, config.num_preview_images)
+                                   palette, config.num_preview_images)
 
   def run_eval(state, step):
     """evaluate.py's protocol (config.test) on the validation split."""

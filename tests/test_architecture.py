@@ -15,14 +15,14 @@ PACKAGE = ROOT / 'psp_jax'
 SCRIPTS = ('train.py', 'evaluate.py', 'predict.py')
 
 LAYERS = [
-    ('contract', ['spec', 'config', 'classes', 'config_check']),
+    ('contract', ['spec', 'errors', 'config', 'classes', 'config_check']),
     ('ops', ['resample', 'kernels', 'visualize']),
     ('models', ['models', '__init__']),
     ('losses', ['losses']),
     ('data', ['augment', 'input_pipeline', 'datasets', 'resumable_iterator']),
     ('step', ['optimizer', 'train_step', 'checkpoint', 'preemption']),
     ('evaluation', ['metrics', 'inference', 'evaluator', 'preview', 'testing']),
-    ('loop', ['train_loop', 'convert']),
+    ('loop', ['train_loop', 'convert', 'export', 'cli']),
 ]
 MAX_CHAIN = 6  # files, script included
 

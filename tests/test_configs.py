@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import ade20k, cityscapes, quickstart, voc12_aug
+from configs import ade20k, cityscapes, folder, quickstart, voc12_aug
 from psp_jax.models.pspnet import build_model
 
 
@@ -14,10 +14,12 @@ def _leaf_types(config, prefix=''):
       yield f'{prefix}{key}', config.get_type(key)
 
 
-@pytest.mark.parametrize('module', [ade20k, voc12_aug, cityscapes, quickstart],
+@pytest.mark.parametrize('module', [ade20k, voc12_aug, cityscapes, quickstart, folder],
                          ids=lambda m: m.__name__)
 def test_config_fields_are_typed_so_flags_can_override_them(module):
   config = module.get_config()
+  if module is folder:
+    config.model.num_classes = 3  # the user's, from the command line
   untyped = [path for path, kind in _leaf_types(config) if kind is type(None)]
   # config_flags refuses `--config.x=...` on a field whose only known type is NoneType.
   assert not untyped, f'use ml_collections.config_dict.placeholder(type) for {untyped}'

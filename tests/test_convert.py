@@ -161,5 +161,7 @@ def test_cli_writes_an_orbax_checkpoint(tiny_mmseg_state, tmp_path):
                            f'--out={tmp_path / "x"}', *TINY_FLAGS],
                           cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert failed.returncode != 0 and 'semseg checkpoint does not match' in failed.stderr
+  assert failed.returncode == 2 and 'Traceback' not in failed.stderr
+  assert failed.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert 'semseg checkpoint does not match' in failed.stderr
   assert not (tmp_path / 'x').exists()

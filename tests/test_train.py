@@ -179,20 +179,46 @@ def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_pa
   from psp_jax.datasets import synthetic_scenes  # pylint: disable=g-import-not-at-top
   image, _ = synthetic_scenes.render_scene(12345)
   Image.fromarray(image[:100, :120]).save(tmp_path / 'street.png')  # any size
+  Image.fromarray(image[:100, :120]).save(tmp_path / 'street.jpg')  # same name, other suffix
+  # A phone photo: stored 100x120 landscape, EXIF orientation 6 (shown rotated 90 degrees).
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(image[:100, :120]).save(tmp_path / 'phone.jpg', exif=exif)
+  (tmp_path / 'broken.png').write_bytes(b'not an image')
   root = os.path.dirname(os.path.dirname(__file__))
   config = os.path.join(root, 'configs', 'quickstart.py')
   overrides = ['--config.model.stem_widths=(4,4,8)', '--config.model.base_width=4',
                '--config.model.ppm_channels=4', '--config.model.channels=8',
                '--config.model.aux_channels=4']
-  subprocess.run([sys.executable, os.path.join(root, 'predict.py'), f'--config={config}',
-                  *overrides, f'--workdir={interrupted_run["workdir"]}', str(tmp_path),
-                  f'--out={tmp_path / "out"}'], check=True, cwd=root)
-  mask = np.asarray(Image.open(tmp_path / 'out' / 'street_mask.png'))
-  overlay = np.asarray(Image.open(tmp_path / 'out' / 'street_overlay.png'))
+  result = subprocess.run([sys.executable, os.path.join(root, 'predict.py'),
+                           f'--config={config}', *overrides,
+                           f'--workdir={interrupted_run["workdir"]}', str(tmp_path),
+                           f'--out={tmp_path / "out"}'], cwd=root, capture_output=True, text=True)
+  assert result.returncode == 1, result.stderr
+  assert f'error: {tmp_path / "broken.png"}: cannot read it as an image' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert sorted(os.listdir(tmp_path / 'out')) == [
+      f'{name}_{kind}.png' for name in ('phone.jpg', 'street.jpg', 'street.png')
+      for kind in ('mask', 'overlay')]
+  mask = np.asarray(Image.open(tmp_path / 'out' / 'street.png_mask.png'))
+  overlay = np.asarray(Image.open(tmp_path / 'out' / 'street.png_overlay.png'))
   assert mask.shape == (100, 120, 3)
   colours = {tuple(c) for c in mask.reshape(-1, 3)}
   assert colours <= set(synthetic_scenes.PALETTE)
   assert overlay.shape[0] > 100 and overlay.shape[1] == 120  # the legend below the overlay
+  assert np.asarray(Image.open(tmp_path / 'out' / 'phone.jpg_mask.png')).shape == (120, 100, 3)
+
+
+def test_predict_of_an_empty_folder_says_so_in_one_line(tmp_path):
+  root = os.path.dirname(os.path.dirname(__file__))
+  (tmp_path / 'empty').mkdir()
+  result = subprocess.run([sys.executable, os.path.join(root, 'predict.py'),
+                           '--config=configs/quickstart.py', f'--workdir={tmp_path}',
+                           str(tmp_path / 'empty'), f'--out={tmp_path / "out"}'], cwd=root,
+                          capture_output=True, text=True)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'error: no images found in {tmp_path / "empty"}')
 
 
 def test_colorize_draws_the_palette_and_ignore_in_black():

@@ -11,7 +11,7 @@ describe the checkpoint's architecture, e.g. --config.model.num_classes=19.
 from absl import app, flags
 from ml_collections import config_flags
 
-from psp_jax import checkpoint
+from psp_jax import checkpoint, cli
 from psp_jax.convert import torch_checkpoint
 from psp_jax.models.pspnet import build_model
 
@@ -35,4 +35,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

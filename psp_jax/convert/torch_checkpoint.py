@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from psp_jax import errors
 from psp_jax.models.pspnet import PSPNet
 
 Variables = dict[str, Any]
@@ -93,7 +94,7 @@ _LEAVES = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.InputError):
   """A checkpoint does not match the model configuration it is converted for."""
 
 
@@ -133,7 +134,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], fmt: str, model: PS
     'backbone' subtree of each, to initialise training.
   """
   if fmt not in FORMATS:
-    raise ValueError(f'Unknown checkpoint format {fmt!r}; choose one of {sorted(FORMATS)}.')
+    raise errors.InputError(f'Unknown checkpoint format {fmt!r}; choose one of {sorted(FORMATS)}.')
   prefixes, dropped, _ = FORMATS[fmt]
   targets = target_shapes(model, backbone_only=fmt in BACKBONE_FORMATS)
   flat, unexpected, misshaped, misshaped_targets = {}, [], [], set()
@@ -180,18 +181,20 @@ def read_torch_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError('Reading PyTorch checkpoints needs torch: pip install -e ".[convert]"') from e
+    raise errors.InputError(
+        'Reading PyTorch checkpoints needs torch: pip install -e ".[convert]"') from e
   try:
     checkpoint = torch.load(path, map_location='cpu', weights_only=not trust_pickle)
   except Exception as e:  # torch raises UnpicklingError or RuntimeError subclasses.
     if trust_pickle:
       raise
-    raise ValueError(f'{path} could not be read with torch.load(weights_only=True): {e}\n'
-                     'If you trust this file, pass trust_pickle=True (CLI: --trust_pickle).') from e
+    raise errors.InputError(
+        f'{path} could not be read with torch.load(weights_only=True): {e}\n'
+        'If you trust this file, pass trust_pickle=True (CLI: --trust_pickle).') from e
   if isinstance(checkpoint, Mapping) and 'state_dict' in checkpoint:
     checkpoint = checkpoint['state_dict']
   if not isinstance(checkpoint, Mapping):
-    raise ValueError(f'{path} holds a {type(checkpoint).__name__}, not a state dict.')
+    raise errors.InputError(f'{path} holds a {type(checkpoint).__name__}, not a state dict.')
   return {k: v.detach().float().numpy() for k, v in checkpoint.items() if torch.is_tensor(v)}
 
 

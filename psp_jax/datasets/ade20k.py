@@ -13,6 +13,8 @@ pixels mmseg reads.
 
 import io
 import posixpath
+import socket
+import urllib.parse
 import zipfile
 
 from etils import epath
@@ -20,7 +22,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from psp_jax import classes
+from psp_jax import classes, errors
 from psp_jax.datasets.features import segmentation_features
 from psp_jax.spec import IGNORE_LABEL
 
@@ -46,11 +48,23 @@ def reduce_zero_label(annotation: np.ndarray, source: str = 'annotation') -> np.
   """
   annotation = np.asarray(annotation)
   if annotation.size and annotation.max() > NUM_CLASSES:
-    raise ValueError(f'{source} has value {annotation.max()} > {NUM_CLASSES}: not a SceneParsing '
-                     'label map (the full ADE20K release encodes classes otherwise).')
+    raise errors.InputError(f'{source} has value {annotation.max()} > {NUM_CLASSES}: not a '
+                            'SceneParsing label map (the full ADE20K release encodes classes '
+                            'otherwise).')
   lookup = np.full(256, IGNORE_LABEL, np.uint8)
   lookup[1:NUM_CLASSES + 1] = np.arange(NUM_CLASSES)
   return lookup[annotation]
+
+
+def unreachable(url: str, timeout: float = 10.0) -> str | None:
+  """Why `url`'s host cannot be connected to within `timeout` seconds, or None if it can."""
+  parts = urllib.parse.urlsplit(url)
+  port = parts.port or {'https': 443, 'ftp': 21}.get(parts.scheme, 80)
+  try:
+    socket.create_connection((parts.hostname, port), timeout=timeout).close()
+  except OSError as error:
+    return f'{parts.hostname}:{port} cannot be reached ({error})'
+  return None
 
 
 def manual_archive(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
@@ -87,15 +101,17 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     archive = manual_archive(dl_manager)
     if archive is None:
+      manual_dir = self.data_dir_root / 'downloads' / 'manual'
+      instruction = (f'Put {ARCHIVE}, not extracted, in {manual_dir} (or the manual_dir of '
+                     f'your DownloadConfig) and run the same command again; get it from {URL}.')
+      # TFDS retries an unreachable host for minutes: ask the host once, briefly, first.
+      reason = unreachable(URL)
+      if reason:
+        raise errors.InputError(f'{instruction} ({ARCHIVE} is not there, and {reason}.)')
       try:
         archive = dl_manager.download(URL)
       except OSError as error:  # requests' and urllib's errors are OSErrors
-        manual_dir = self.data_dir_root / 'downloads' / 'manual'
-        raise ConnectionError(
-            f'{ARCHIVE} is not in the TFDS manual dir and downloading it failed ({error}). '
-            f'Download it from {URL} elsewhere and put it, not extracted, in {manual_dir} '
-            '(or the manual_dir of your DownloadConfig), then run the same command again.'
-        ) from error
+        raise errors.InputError(f'{instruction} (Downloading it failed: {error}.)') from error
     return {split: self._generate_examples(archive, folder)
             for split, folder in _SPLIT_FOLDERS.items()}
 
@@ -105,19 +121,21 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
       prefix = f'{ROOT}/images/{folder}/'
       images = sorted(n for n in members if n.startswith(prefix) and n.endswith('.jpg'))
       if not images:
-        raise ValueError(f'{archive} has no {prefix}*.jpg: expected the unmodified {ARCHIVE}.')
+        raise errors.InputError(
+            f'{archive} has no {prefix}*.jpg: expected the unmodified {ARCHIVE}.')
       for image_name in images:
         stem = posixpath.splitext(posixpath.basename(image_name))[0]
         annotation_name = f'{ROOT}/annotations/{folder}/{stem}.png'
         if annotation_name not in members:
-          raise ValueError(f'{archive} has {image_name} but no {annotation_name}.')
+          raise errors.InputError(f'{archive} has {image_name} but no {annotation_name}.')
         image_bytes = zf.read(image_name)
         with Image.open(io.BytesIO(zf.read(annotation_name))) as annotation:
           label = reduce_zero_label(np.asarray(annotation), f'{archive}: {annotation_name}')
         # Only the header is parsed: a size check, not a decode.
         width, height = Image.open(io.BytesIO(image_bytes)).size
         if label.shape != (height, width):
-          raise ValueError(f'{archive}: {annotation_name} is {label.shape} (a PNG that is not '
-                           f'8-bit single channel?) but {image_name} is {(height, width)}.')
+          raise errors.InputError(
+              f'{archive}: {annotation_name} is {label.shape} (a PNG that is not 8-bit single '
+              f'channel?) but {image_name} is {(height, width)}.')
         yield stem, {'image': image_bytes, 'segmentation_mask': label[..., None],
                      'file_name': posixpath.basename(image_name)}

@@ -13,7 +13,7 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from psp_jax import spec
+from psp_jax import errors, spec
 
 
 def read_example(example):
@@ -63,13 +63,14 @@ def check_example(image: tf.Tensor, label: tf.Tensor, num_classes: int,
     return tf.identity(image), tf.identity(label)
 
 
-def decoder(module: ModuleType):
-  """example -> (image, label), checked against the module's classes by `check_example`.
+def decoder(module: ModuleType, num_classes: int | None = None):
+  """example -> (image, label), checked against `num_classes` (default: the module's) by
+  `check_example`.
 
   Reads with the module's `decode` (e.g. Cityscapes ids -> train ids), else `read_example`.
   """
   read = getattr(module, 'decode', read_example)
-  num_classes = len(module.CLASS_NAMES)
+  num_classes = num_classes or len(module.CLASS_NAMES)
 
   def decode(example):
     image, label = read(example)
@@ -77,7 +78,7 @@ def decoder(module: ModuleType):
   return decode
 
 
-def check_prepared(dataset, module: ModuleType) -> None:
+def check_prepared(dataset, module: ModuleType, builder: tfds.core.DatasetBuilder) -> None:
   """Raises FileNotFoundError, naming the files and the folder, if `dataset` cannot be read.
 
   That is: not prepared in its data_dir, and either `dataset.prepare` is False or the
@@ -87,8 +88,8 @@ def check_prepared(dataset, module: ModuleType) -> None:
   Args:
     dataset: config.dataset (name, data_dir, prepare).
     module: its psp_jax.datasets module (MANUAL_ARCHIVES).
+    builder: its TFDS builder (psp_jax.datasets.builder).
   """
-  builder = tfds.builder(dataset.name, data_dir=dataset.data_dir)
   if builder.is_prepared():
     return
   # Where builder.download_and_prepare() without a DownloadConfig looks, as train.py calls it.
@@ -157,7 +158,7 @@ def name_corrupt_images(batches: Iterable, builder: tfds.core.DatasetBuilder,
     corrupt = corrupt_images(builder, split)
     if not corrupt:
       raise
-    raise ValueError(
+    raise errors.InputError(
         f'{builder.info.full_name} {split}: {len(corrupt)} stored image(s) do not decode: '
         f'{", ".join(corrupt[:10])}{" ..." if len(corrupt) > 10 else ""}. Replace the damaged '
         f'file(s) in the source archives, delete {builder.data_dir} and prepare it again.'

@@ -19,7 +19,7 @@ from PIL import Image
 import scipy.io
 import tensorflow_datasets as tfds
 
-from psp_jax import classes
+from psp_jax import classes, errors
 from psp_jax.datasets.features import segmentation_features
 from psp_jax.spec import IGNORE_LABEL
 
@@ -56,8 +56,8 @@ def read_label(voc_dir: epath.Path, sbd_dir: epath.Path, image_id: str) -> np.nd
     with voc_png.open('rb') as f, Image.open(f) as png:
       # A palette PNG: its pixel indices are the class ids (RGB would be the colours).
       if png.mode not in ('P', 'L'):
-        raise ValueError(f'{voc_png} is a {png.mode} PNG; expected VOC\'s palette PNG whose '
-                         'indices are class ids. Use the unmodified SegmentationClass.')
+        raise errors.InputError(f'{voc_png} is a {png.mode} PNG; expected VOC\'s palette PNG whose '
+                                'indices are class ids. Use the unmodified SegmentationClass.')
       label, source = np.array(png), voc_png
   else:
     sbd_mat = sbd_dir / 'cls' / f'{image_id}.mat'
@@ -68,8 +68,8 @@ def read_label(voc_dir: epath.Path, sbd_dir: epath.Path, image_id: str) -> np.nd
     label, source = np.asarray(gt.Segmentation), sbd_mat
   bad = np.setdiff1d(label, np.r_[0:len(CLASS_NAMES), IGNORE_LABEL])
   if label.ndim != 2 or bad.size:
-    raise ValueError(f'{source}: expected a [H, W] map of 0..20 and 255, got shape '
-                     f'{label.shape} with values {bad[:5].tolist()}.')
+    raise errors.InputError(f'{source}: expected a [H, W] map of 0..20 and 255, got shape '
+                            f'{label.shape} with values {bad[:5].tolist()}.')
   return label.astype(np.uint8)
 
 
@@ -121,7 +121,7 @@ class Voc12Aug(tfds.core.GeneratorBasedBuilder):
       # Only the header is parsed: a size check, not a decode.
       width, height = Image.open(io.BytesIO(image_bytes)).size
       if label.shape != (height, width):
-        raise ValueError(f'{image_id}: label is {label.shape} but {image_path} is '
-                         f'{(height, width)}.')
+        raise errors.InputError(f'{image_id}: label is {label.shape} but {image_path} is '
+                                f'{(height, width)}.')
       yield image_id, {'image': image_bytes, 'segmentation_mask': label[..., None],
                        'file_name': f'{image_id}.jpg'}

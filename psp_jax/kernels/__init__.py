@@ -15,7 +15,7 @@ from typing import Callable
 
 import jax
 
-from psp_jax import resample
+from psp_jax import errors, resample
 from psp_jax.kernels import conv, cross_entropy, keep, pooling, pyramid, resize
 
 MODES = ('auto', 'xla', 'cpu')
@@ -24,7 +24,7 @@ MODES = ('auto', 'xla', 'cpu')
 def resolve(mode: str, platform: str | None = None) -> str:
   """'xla' or 'cpu' for `mode` on devices of `platform` (default: JAX's default backend)."""
   if mode not in MODES:
-    raise ValueError(f'config.model.kernels={mode!r}: use one of {MODES}.')
+    raise errors.InputError(f'config.model.kernels={mode!r}: use one of {MODES}.')
   if mode != 'auto':
     return mode
   return 'cpu' if (platform or jax.default_backend()) == 'cpu' else 'xla'

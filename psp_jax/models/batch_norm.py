@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from psp_jax import errors
+
 
 class BatchNorm(nn.Module):
   """Normalises the last axis over all others (and over `axis_name`'s devices, if set).
@@ -56,7 +58,7 @@ class BatchNorm(nn.Module):
       count = int(np.prod(x.shape[:-1])) * (
           jax.lax.axis_size(self.axis_name) if self.axis_name else 1)
       if count == 1:
-        raise ValueError(
+        raise errors.InputError(
             f'Expected more than 1 value per channel when training, got input size {x.shape}'
             f'{" on each of the devices of axis " + repr(self.axis_name) if self.axis_name else ""}'
             ' (as PyTorch, BatchNorm cannot estimate a variance from one value). A pyramid '

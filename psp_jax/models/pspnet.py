@@ -11,8 +11,9 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from psp_jax import kernels as kernel_lib
+from psp_jax import errors, kernels as kernel_lib
 from psp_jax.models.batch_norm import BatchNorm
+from psp_jax.models import resnet
 from psp_jax.models.resnet import DilatedResNet, ModuleDef, conv_init
 
 # mmseg's decode heads initialise the classifier with N(0, 0.01) and a zero bias.
@@ -155,7 +156,7 @@ class PSPNet(nn.Module):
   def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
     """images: [B, H, W, 3] normalised (ImageNet mean/std)."""
     if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f'images must be [B, H, W, 3] (NHWC), got shape {images.shape}.')
+      raise errors.InputError(f'images must be [B, H, W, 3] (NHWC), got shape {images.shape}.')
     ops = self.ops
     conv, norm = module_defs(train, self.bn_axis_name, self.dtype, self.param_dtype, ops)
     features = DilatedResNet(
@@ -200,15 +201,23 @@ def build_model(config: Mapping[str, Any], **overrides: Any) -> PSPNet:
   for key in ('dtype', 'param_dtype'):
     if isinstance(kwargs.get(key), str):
       if kwargs[key] not in _DTYPES:
-        raise ValueError(f'config.model.{key} must be one of {sorted(_DTYPES)}, '
-                         f'got {kwargs[key]!r}.')
+        raise errors.InputError(f'config.model.{key} must be one of {sorted(_DTYPES)}, '
+                                f'got {kwargs[key]!r}.')
       kwargs[key] = _DTYPES[kwargs[key]]
   known = set(PSPNet.__dataclass_fields__) - {'parent', 'name'}
   unknown = sorted(set(kwargs) - known)
   if unknown:
-    raise ValueError(f'Unknown config.model keys {unknown}; PSPNet accepts {sorted(known)}.')
+    raise errors.InputError(f'Unknown config.model keys {unknown}; PSPNet accepts {sorted(known)}.')
   for key in ('stem_widths', 'pool_scales'):
     if key in kwargs:
       kwargs[key] = tuple(kwargs[key])
-  kernel_lib.resolve(kwargs.get('kernels', 'auto'))  # a bad mode fails here, not at trace time
-  return PSPNet(**kwargs)
+  model = PSPNet(**kwargs)
+  # A bad value fails here, in the caller's first seconds, not when the model is traced.
+  kernel_lib.resolve(model.kernels)
+  resnet.stage_strides_and_dilations(model.output_stride)
+  if model.depth not in resnet.STAGE_SIZES:
+    raise errors.InputError(f'config.model.depth={model.depth}: use one of '
+                            f'{sorted(resnet.STAGE_SIZES)}.')
+  if model.num_classes < 1:
+    raise errors.InputError(f'config.model.num_classes={model.num_classes}: give at least 1.')
+  return model

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from psp_jax import resample
+from psp_jax import errors, resample
 
 ModuleDef = Any
 
@@ -40,7 +40,7 @@ def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tu
       32: ((1, 2, 2, 2), (1, 1, 1, 1)),
   }
   if output_stride not in plans:
-    raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}.')
+    raise errors.InputError(f'output_stride must be 8, 16 or 32, got {output_stride}.')
   return plans[output_stride]
 
 
@@ -146,9 +146,10 @@ class DilatedResNet(nn.Module):
     """Args: x: [B, H, W, 3] normalised images. Returns the outputs of stages 1-4,
     [B, ~H/4, ~W/4, C1] ... [B, ~H/s, ~W/s, C4] for output stride s."""
     if self.depth not in STAGE_SIZES:
-      raise ValueError(f'ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}.')
+      raise errors.InputError(
+          f'ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}.')
     if self.stem not in ('deep', 'classic'):
-      raise ValueError(f"stem must be 'deep' or 'classic', got {self.stem!r}.")
+      raise errors.InputError(f"stem must be 'deep' or 'classic', got {self.stem!r}.")
     conv, norm = self.conv, self.norm
 
     if self.stem == 'deep':

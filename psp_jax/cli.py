@@ -1,0 +1,61 @@
+"""How the command-line tools start and fail: one line for a refused input, a traceback for a bug.
+
+`run(main)` is absl's `app.run(main)` with two changes. Flags: a `--config` file that does
+not exist, or an override of a key the config schema lacks (named with the closest key),
+stops before anything loads. Errors: our own checks' (errors.InputError), missing files,
+a diverged run and a usage error print `error: <message>` on one line and exit with
+status 2; any other exception is a bug and keeps its traceback.
+"""
+
+import os
+import re
+import sys
+from typing import Callable
+
+from absl import app
+
+from psp_jax import config_check, errors
+
+# What a user can act on from the message alone.
+REFUSED = (errors.InputError, app.UsageError, FileNotFoundError, NotADirectoryError,
+           PermissionError, FloatingPointError)
+_CONFIG_FILE = re.compile(r'^--?config=([^:]*)')
+_CONFIG_KEY = re.compile(r'^--?config\.([^=\[]+)')
+
+
+def one_line(error: BaseException) -> str:
+  """`error: ...`: the message with its lines joined, as a shell user reads it."""
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  return 'error: ' + ' '.join(lines or [type(error).__name__])
+
+
+def fail(error: BaseException) -> None:
+  sys.stderr.write(one_line(error) + '\n')
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`app.run`'s flags_parser: absl's, after checking the config file and keys named in argv."""
+  for path in [m.group(1) for m in map(_CONFIG_FILE.match, argv) if m]:
+    if not os.path.isfile(path):
+      fail(errors.InputError(f'--config={path}: no such file (configs/ holds the shipped ones).'))
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError):  # ml_collections refusing an override of a locked config
+    overrides = [m.group(1) for m in map(_CONFIG_KEY.match, argv) if m]
+    unknown = config_check.unknown_keys(overrides, set(config_check.key_paths(
+        config_check.schema())), '--config.')
+    if not unknown:
+      raise
+    fail(errors.InputError(f'unknown config key {", ".join(unknown)}'))
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """app.run(main), with our flag checks and one-line errors (module docstring)."""
+  def guarded(argv):
+    try:
+      main(argv)
+    except REFUSED as error:
+      fail(error)
+
+  app.run(guarded, flags_parser=parse_flags)
