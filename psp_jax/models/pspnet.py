@@ -215,9 +215,7 @@ def build_model(config: Mapping[str, Any], **overrides: Any) -> PSPNet:
   # A bad value fails here, in the caller's first seconds, not when the model is traced.
   kernel_lib.resolve(model.kernels)
   resnet.stage_strides_and_dilations(model.output_stride)
-  if model.depth not in resnet.STAGE_SIZES:
-    raise errors.InputError(f'config.model.depth={model.depth}: use one of '
-                            f'{sorted(resnet.STAGE_SIZES)}.')
+  resnet.stage_sizes(model.depth)
   if model.num_classes < 1:
     raise errors.InputError(f'config.model.num_classes={model.num_classes}: give at least 1.')
   return model

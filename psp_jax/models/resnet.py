@@ -28,6 +28,13 @@ STAGE_SIZES = {
 }
 
 
+def stage_sizes(depth: int) -> tuple[int, ...]:
+  """Blocks per stage of the ResNet of `depth`."""
+  if depth not in STAGE_SIZES:
+    raise errors.InputError(f'config.model.depth={depth}: use one of {sorted(STAGE_SIZES)}.')
+  return STAGE_SIZES[depth]
+
+
 def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
   """Per-stage (strides, dilations) for an output stride of 8, 16 or 32.
 
@@ -145,9 +152,7 @@ class DilatedResNet(nn.Module):
   def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
     """Args: x: [B, H, W, 3] normalised images. Returns the outputs of stages 1-4,
     [B, ~H/4, ~W/4, C1] ... [B, ~H/s, ~W/s, C4] for output stride s."""
-    if self.depth not in STAGE_SIZES:
-      raise errors.InputError(
-          f'ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}.')
+    sizes = stage_sizes(self.depth)
     if self.stem not in ('deep', 'classic'):
       raise errors.InputError(f"stem must be 'deep' or 'classic', got {self.stem!r}.")
     conv, norm = self.conv, self.norm
@@ -168,7 +173,7 @@ class DilatedResNet(nn.Module):
     strides, dilations = stage_strides_and_dilations(self.output_stride)
     in_channels = self.stem_widths[-1]
     features = []
-    for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+    for stage, num_blocks in enumerate(sizes):
       width = self.base_width * 2**stage
       out_channels = width * expansion
       for j, dilation in enumerate(block_dilations(num_blocks, dilations[stage],
