@@ -17,9 +17,10 @@ import sys
 import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
-from PIL import Image, ImageOps
+from PIL import Image
 
-from psp_jax import checkpoint, classes, cli, config_check, errors, inference, visualize
+from psp_jax import (checkpoint, classes, cli, config_check, errors, images, inference,
+                     visualize)
 from psp_jax.models.pspnet import build_model
 
 config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, test).',
@@ -65,12 +66,6 @@ def output_names(paths: list[str]) -> dict[str, str]:
   return names
 
 
-def read_image(path: str) -> np.ndarray:
-  """[H, W, 3] uint8 RGB as the image is meant to be seen (EXIF orientation applied)."""
-  with Image.open(path) as image:
-    return np.asarray(ImageOps.exif_transpose(image).convert('RGB'))
-
-
 def main(argv):
   paths = image_paths(argv[1:])
   names = output_names(paths)
@@ -90,7 +85,7 @@ def main(argv):
   failed = []
   for path in paths:
     try:
-      image = read_image(path)
+      image = images.read_rgb(path)
     except OSError as error:  # PIL's "cannot identify image file" is one too
       sys.stderr.write(f'error: {path}: cannot read it as an image ({error})\n')
       failed.append(path)

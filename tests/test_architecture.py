@@ -16,7 +16,7 @@ SCRIPTS = ('train.py', 'evaluate.py', 'predict.py')
 
 LAYERS = [
     ('contract', ['spec', 'errors', 'config', 'classes', 'config_check']),
-    ('ops', ['resample', 'kernels', 'visualize']),
+    ('ops', ['resample', 'kernels', 'images', 'visualize']),
     ('models', ['models', '__init__']),
     ('losses', ['losses']),
     ('data', ['augment', 'input_pipeline', 'datasets', 'resumable_iterator']),

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 import evaluate
 from configs import folder as folder_config
-from psp_jax import checkpoint, classes, errors, train_loop
+from psp_jax import checkpoint, classes, errors, images, train_loop
 from psp_jax.datasets import folder, synthetic_scenes
 from psp_jax.models.pspnet import build_model
 
@@ -141,6 +141,7 @@ def test_images_of_any_mode_become_rgb(tmp_path, mode):
   assert pixels.shape == (12, 10, 3) and pixels.dtype == np.uint8 and size == (12, 10)
   tolerance = 6 if mode == 'CMYK' else 0  # a JPEG
   np.testing.assert_allclose(pixels[..., 0], grey, atol=tolerance)
+  np.testing.assert_array_equal(images.read_rgb(str(path)), pixels)  # predict.py's reader
 
 
 def test_exif_orientation_is_applied_and_the_label_must_match_the_shown_image(tmp_path):

@@ -24,10 +24,10 @@ import json
 import os
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 import tensorflow_datasets as tfds
 
-from psp_jax import classes, errors, spec
+from psp_jax import classes, errors, images, spec
 from psp_jax.datasets.features import segmentation_features
 
 # Folder under images/ and annotations/ -> TFDS split.
@@ -102,12 +102,7 @@ def read_image(path: str) -> tuple[bytes | np.ndarray, tuple[int, int]]:
       if (image.format == 'JPEG' and image.mode == 'RGB'
           and image.getexif().get(_ORIENTATION, 1) == 1):
         return data, (image.height, image.width)
-      oriented = ImageOps.exif_transpose(image)
-      if oriented.mode in ('I;16', 'I;16B', 'I;16L', 'I'):  # 16-bit grey: keep the top 8 bits
-        grey = np.asarray(oriented, np.int64)
-        scale = 257 if grey.max(initial=0) > 255 else 1
-        oriented = Image.fromarray((grey // scale).clip(0, 255).astype(np.uint8), 'L')
-      pixels = np.asarray(oriented.convert('RGB'))
+      pixels = images.to_rgb(image)
   except OSError as error:
     raise errors.InputError(f'{path}: not a readable image ({error}).') from error
   return pixels, pixels.shape[:2]

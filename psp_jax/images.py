@@ -1,0 +1,28 @@
+"""Image files as the RGB pixels a person sees: EXIF orientation applied, any mode -> RGB.
+
+Phone photos store sensor-order pixels plus an EXIF orientation tag; mmcv's imread applies
+the tag, so the training images, the predictions and their overlays must too. PIL's
+convert('RGB') clips 16-bit grey (mode 'I;16') instead of scaling it, so that is done here.
+"""
+
+import numpy as np
+from PIL import Image, ImageOps
+
+_SIXTEEN_BIT_GREY = ('I;16', 'I;16B', 'I;16L', 'I')
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+  """[H, W, 3] uint8 RGB of an opened PIL image (L, LA, RGBA, P, CMYK, 16-bit grey, ...),
+  after its EXIF orientation; H x W is the oriented size."""
+  oriented = ImageOps.exif_transpose(image)
+  if oriented.mode in _SIXTEEN_BIT_GREY:  # keep the top 8 bits of a 16-bit range
+    grey = np.asarray(oriented, np.int64)
+    scale = 257 if grey.max(initial=0) > 255 else 1
+    oriented = Image.fromarray((grey // scale).clip(0, 255).astype(np.uint8), 'L')
+  return np.asarray(oriented.convert('RGB'))
+
+
+def read_rgb(path: str) -> np.ndarray:
+  """`to_rgb` of the image file at `path`; OSError if it is not a readable image."""
+  with Image.open(path) as image:
+    return to_rgb(image)
