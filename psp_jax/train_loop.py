@@ -79,16 +79,16 @@ def _train_batches(config, builder, decode, per_device_batch: int, workdir: str,
   return batches
 
 
-def _prepared_builder(dataset):
-  """The TFDS builder of config.dataset, prepared (by process 0 first) if asked."""
-  builder = datasets.builder(dataset)
+def _prepared_builder(dataset, builder):
+  """`builder` (of config.dataset), prepared by process 0 first if asked."""
   if dataset.prepare:  # process 0 first, so that a shared data_dir is written once
     if jax.process_index() == 0:
       builder.download_and_prepare()
     multihost_utils.sync_global_devices('dataset prepared')
-    # A builder made before the data existed does not read it afterwards: make it again.
-    builder = datasets.builder(dataset)
-    builder.download_and_prepare()
+    if jax.process_index() > 0:
+      # Made before process 0 wrote the data, `builder` would not read it: make it again.
+      builder = datasets.builder(dataset)
+      builder.download_and_prepare()
   return builder
 
 
@@ -110,7 +110,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None,
                       kernels=mode)
   dataset_module = datasets.dataset_module(config.dataset.name)
-  checks.check_prepared(config.dataset, dataset_module, datasets.builder(config.dataset))
+  # One builder: a folder dataset's builder lists and stats every file.
+  builder = datasets.builder(config.dataset)
+  checks.check_prepared(config.dataset, dataset_module, builder)
   workdir = os.path.abspath(workdir)  # Orbax writes to absolute paths only
   check_writable(workdir)
   latest, best = checkpoint.managers(workdir, config)
@@ -120,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   per_device_batch = config.batch_size // jax.device_count()
-  builder = _prepared_builder(config.dataset)
+  builder = _prepared_builder(config.dataset, builder)
   class_names, palette = classes.for_config(config.dataset)
   decode = checks.decoder(dataset_module, len(class_names))
 
