@@ -37,8 +37,6 @@ def main(argv):
   input_pipeline.hide_accelerators_from_tf()
   if FLAGS.multiprocess:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
-               jax.local_devices())
   train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

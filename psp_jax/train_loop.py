@@ -19,6 +19,22 @@ from psp_jax.models.pspnet import build_model
 from psp_jax.preemption import PreemptionWatch
 
 
+def log_devices() -> None:
+  """Says what the steps run on; warns if JAX_PLATFORMS asked for an accelerator and JAX
+  fell back to the CPU (e.g. 'cuda,cpu' with the CPU-only jaxlib of `pip install .`)."""
+  devices = jax.local_devices()
+  logging.info('JAX process %d/%d (jax %s): %d local %s devices (%s), %d in all.',
+               jax.process_index(), jax.process_count(), jax.__version__, len(devices),
+               devices[0].platform, devices[0].device_kind, jax.device_count())
+  asked = [p for p in os.environ.get('JAX_PLATFORMS', '').split(',') if p.strip()
+           not in ('', 'cpu')]
+  if asked and all(d.platform == 'cpu' for d in devices):
+    logging.warning('JAX_PLATFORMS=%s asks for %s, but JAX found only CPU devices: training '
+                    'runs on the CPU. Install the accelerator\'s extra (pip install -e '
+                    '".[cuda12]" or ".[tpu]"; README "Installing").',
+                    os.environ['JAX_PLATFORMS'], ', '.join(asked))
+
+
 def check_writable(workdir: str) -> None:
   """Creates `workdir`; an InputError naming it if a file cannot be written there."""
   try:
@@ -101,6 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   # Bad input fails here, in seconds, before any data or model work.
   config_check.check_config(config)
+  log_devices()
   if config.batch_size % jax.device_count():
     raise errors.InputError(f'config.batch_size={config.batch_size} must be divisible by the '
                             f'{jax.device_count()} devices.')

@@ -236,3 +236,16 @@ def test_bucketed_evaluate_agrees_with_per_image_evaluate(interrupted_run):
   bucketed, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
   assert bucketed['aAcc'] == pytest.approx(per_image['aAcc'], abs=0.01)
   assert bucketed['mIoU'] == pytest.approx(per_image['mIoU'], abs=0.01, nan_ok=True)
+
+
+def test_the_platform_is_logged_and_a_missing_accelerator_warned_about(monkeypatch, caplog):
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')  # jax is already up: only the check reads it
+  with caplog.at_level('INFO'):
+    train_loop.log_devices()
+  assert 'local cpu devices' in caplog.text
+  assert 'JAX_PLATFORMS=cuda,cpu asks for cuda, but JAX found only CPU devices' in caplog.text
+  caplog.clear()
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  with caplog.at_level('INFO'):
+    train_loop.log_devices()
+  assert 'local cpu devices' in caplog.text and 'only CPU devices' not in caplog.text
