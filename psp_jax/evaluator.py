@@ -103,14 +103,16 @@ class _ImageByImage:
 
 
 @functools.lru_cache(maxsize=None)
-def _bucket_confusion_step(model, num_classes: int):
-  """The pmapped step of _Buckets, built once per model (so once per training run)."""
+def bucket_confusion_step(model, num_classes: int, devices: tuple | None = None):
+  """The pmapped step of _Buckets over `devices` (the local ones if None), built once per
+  model (so once per training run): (variables, image [n, h, w, 3], label [n, H, W],
+  rows [n, H, h], cols [n, W, w]) -> the [C, C] confusion matrix, on every device."""
   def confusion(variables, image, label, rows, cols):
     logits = model.apply(variables, image[None], method='segment')[0]
     scores = jnp.einsum('Hh,hwc,Ww->HWc', rows, logits, cols)
     matrix = metrics.confusion_matrix(jnp.argmax(scores, -1)[None], label[None], num_classes)
     return jax.lax.psum(matrix, 'devices')
-  return jax.pmap(confusion, axis_name='devices', devices=jax.local_devices())
+  return jax.pmap(confusion, axis_name='devices', devices=devices or jax.local_devices())
 
 
 class _Buckets:
@@ -135,7 +137,7 @@ class _Buckets:
     self.pending: dict[tuple[int, ...], list] = {}
     self.matrix = None
     self.buckets: set[tuple[int, ...]] = set()
-    self._step = _bucket_confusion_step(model, num_classes)
+    self._step = bucket_confusion_step(model, num_classes)
 
   def add(self, image: np.ndarray, label: np.ndarray, source: str) -> None:
     height, width = image.shape[:2]

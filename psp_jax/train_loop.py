@@ -158,10 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   train_iter = _train_batches(config, builder, decode, per_device_batch, workdir, start_step)
   batches = checks.name_corrupt_images(train_iter, builder, config.dataset.train_split)
-  p_train_step = train_step.pmapped_train_step(
-      learning_rate_fn, aux_weight=config.aux_weight, loss_average=config.loss_average,
-      align_corners=config.model.align_corners,
-      cross_entropy_sums=kernels.get(mode).cross_entropy_sums)
+  p_train_step = train_step.pmapped_train_step_for(config, learning_rate_fn,
+                                                   kernels.get(mode).cross_entropy_sums)
   eval_model = build_model(config.model, kernels=mode)
   test = inference.TestProtocol.from_config(config.test)
   split_evaluator = evaluator.Evaluator(eval_model, test, config.model.num_classes,

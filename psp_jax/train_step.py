@@ -73,8 +73,16 @@ def replicate(tree: Any, axis_name: str = 'batch') -> Any:
   return jax.pmap(lambda x: x, axis_name=axis_name)(jax_utils.replicate(tree))
 
 
-def pmapped_train_step(learning_rate_fn, **kwargs):
-  """`train_step` pmapped over local devices with the state donated."""
+def pmapped_train_step(learning_rate_fn, devices=None, **kwargs):
+  """`train_step` pmapped over `devices` (the local ones if None) with the state donated."""
   return jax.pmap(functools.partial(train_step, learning_rate_fn=learning_rate_fn,
                                     axis_name='batch', **kwargs),
-                  axis_name='batch', donate_argnums=(0,))
+                  axis_name='batch', donate_argnums=(0,), devices=devices)
+
+
+def pmapped_train_step_for(config, learning_rate_fn, cross_entropy_sums, devices=None):
+  """The pmapped step train.py runs for `config` (loss weights and averaging, resizes)."""
+  return pmapped_train_step(learning_rate_fn, devices=devices, aux_weight=config.aux_weight,
+                            loss_average=config.loss_average,
+                            align_corners=config.model.align_corners,
+                            cross_entropy_sums=cross_entropy_sums)

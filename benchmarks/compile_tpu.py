@@ -1,0 +1,209 @@
+r"""Compiles psp_jax's own train and eval steps for a TPU topology, without a TPU.
+
+  pip install -e ".[tpu]"    # libtpu: the TPU compiler runs on any x86 host
+  python benchmarks/compile_tpu.py --config=configs/ade20k.py --topology=v5e:2x2 \
+      [--per_chip_batch=4] [--programs=train,eval] [--max_batch] [--config.model.dtype=bfloat16]
+
+The train program is train.py's: `train_step.pmapped_train_step_for` of the config (sync
+BN over the topology's chips, `lax.pmean` of gradients, the config's optimizer, state
+donated), on `config.augment.crop_size` crops; the eval program is evaluate.py's
+whole-image step (`evaluator.bucket_confusion_step`, one image per chip, padded to the
+config's size divisor). Each is lowered for `jax.experimental.topologies` abstract devices
+and compiled by libtpu; one JSON line per program says what XLA reports per chip: memory
+(arguments, outputs, temporaries, aliased = donated), FLOPs and bytes accessed per step,
+and a roofline lower bound on step time from the chip's published peak bf16 FLOP/s and HBM
+bandwidth. These are compile-time figures, not measured speed.
+--max_batch finds the largest per-chip train batch that fits the chip's HBM, without and
+with `remat` (a linear fit of memory in the batch from two compiles, then compiles at the
+prediction and one above it).
+"""
+
+import json
+import os
+import time
+
+# Compile only: JAX's own devices stay the CPU's, and libtpu does not ask a GCE metadata
+# server (absent off Google Cloud) for TPU workers.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+from absl import app, flags  # pylint: disable=wrong-import-position
+from jax.experimental import topologies  # pylint: disable=wrong-import-position
+from ml_collections import config_flags  # pylint: disable=wrong-import-position
+
+from psp_jax import (config_check, evaluator, inference, kernels,  # pylint: disable=wrong-import-position
+                     optimizer, train_step)
+from psp_jax.models.pspnet import build_model  # pylint: disable=wrong-import-position
+
+# Per chip: HBM (GiB), peak dense bf16 TFLOP/s, HBM bandwidth (GB/s), from Google Cloud's
+# TPU version pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), 2026.
+CHIPS = {
+    'v4': dict(hbm_gib=32, bf16_tflops=275, hbm_gbps=1228),
+    'v5e': dict(hbm_gib=16, bf16_tflops=197, hbm_gbps=819),
+    'v5p': dict(hbm_gib=95, bf16_tflops=459, hbm_gbps=2765),
+    'v6e': dict(hbm_gib=32, bf16_tflops=918, hbm_gbps=1640),
+}
+
+config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+flags.DEFINE_string('topology', 'v5e:2x2', 'TPU topology: ' + ', '.join(
+    f'{k}:...' for k in CHIPS) + ' (e.g. v4:2x2x1, v5p:2x2x1, v6e:2x2).')
+flags.DEFINE_integer('per_chip_batch', None, 'Train images per chip; default the recipe\'s '
+                     'batch_size over the topology\'s chips.')
+flags.DEFINE_list('programs', ['train', 'eval'], 'Which programs to compile.')
+flags.DEFINE_list('eval_size', None, 'Eval image height,width before padding; default the '
+                  'crop size.')
+flags.DEFINE_bool('max_batch', False, 'Also find the largest per-chip train batch that fits, '
+                  'without and with remat.')
+flags.mark_flags_as_required(['config'])
+FLAGS = flags.FLAGS
+
+
+def chip_of(topology_name: str) -> str:
+  chip = topology_name.split(':')[0]
+  if chip not in CHIPS:
+    raise app.UsageError(f'--topology={topology_name}: give one of {sorted(CHIPS)}, e.g. v5e:2x2.')
+  return chip
+
+
+def _stacked(tree, n: int):
+  """Per-chip shapes of `tree`, stacked over `n` chips as pmap takes them."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), tree)
+
+
+def _train_program(config, devices, per_chip_batch: int):
+  mode = kernels.resolve(config.model.kernels, 'tpu')
+  model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None,
+                      kernels=mode)
+  height, width = config.augment.crop_size
+  tx = optimizer.create_optimizer(config.optimizer, config.num_train_steps)
+  learning_rate_fn = optimizer.create_learning_rate_fn(config.optimizer, config.num_train_steps)
+  state = jax.eval_shape(lambda: train_step.create_train_state(
+      model, tx, jax.random.PRNGKey(0), (1, height, width, 3)))
+  batch = {'image': jax.ShapeDtypeStruct((per_chip_batch, height, width, 3), jnp.float32),
+           'label': jax.ShapeDtypeStruct((per_chip_batch, height, width), jnp.int32)}
+  step = train_step.pmapped_train_step_for(config, learning_rate_fn,
+                                           kernels.get(mode).cross_entropy_sums,
+                                           devices=devices)
+  return step, (_stacked(state, len(devices)), _stacked(batch, len(devices)))
+
+
+def _eval_program(config, devices, size):
+  mode = kernels.resolve(config.model.kernels, 'tpu')
+  model = build_model(config.model, kernels=mode)
+  divisor = config.test.size_divisor or 1
+  padded = [inference.round_up(n, divisor) for n in size]
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                jnp.zeros((1, *padded, 3))))
+  args = (variables,
+          jax.ShapeDtypeStruct((*padded, 3), jnp.float32),
+          jax.ShapeDtypeStruct(tuple(size), jnp.int32),
+          jax.ShapeDtypeStruct((size[0], padded[0]), jnp.float32),
+          jax.ShapeDtypeStruct((size[1], padded[1]), jnp.float32))
+  step = evaluator.bucket_confusion_step(model, config.model.num_classes, tuple(devices))
+  return step, _stacked(args, len(devices))
+
+
+def compile_report(program: str, config, topology_name: str, devices, **shape) -> dict:
+  """Compiles one program; its figures per chip as one dict (fits=False if XLA refused)."""
+  chip = CHIPS[chip_of(topology_name)]
+  if program == 'train':
+    step, args = _train_program(config, devices, shape['per_chip_batch'])
+  else:
+    step, args = _eval_program(config, devices, shape['eval_size'])
+  report = dict(program=program, topology=topology_name, device_kind=devices[0].device_kind,
+                chips=len(devices), **shape, crop=list(config.augment.crop_size),
+                dtype=config.model.dtype, remat=bool(config.model.remat),
+                hbm_gib=chip['hbm_gib'])
+  start = time.perf_counter()
+  try:
+    compiled = step.lower(*args).compile()
+  except Exception as error:  # XLA's out-of-memory at compile time: it does not fit
+    if 'RESOURCE_EXHAUSTED' not in str(error) and 'memory' not in str(error).lower():
+      raise
+    report.update(compile_s=round(time.perf_counter() - start, 1), fits=False,
+                  error=str(error).splitlines()[0][:300])
+    return report
+  report['compile_s'] = round(time.perf_counter() - start, 1)
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  sizes = {k: int(getattr(memory, f'{k}_size_in_bytes'))
+           for k in ('argument', 'output', 'alias', 'temp', 'generated_code')}
+  total = sizes['argument'] + sizes['output'] - sizes['alias'] + sizes['temp'] + sizes[
+      'generated_code']
+  flops, accessed = float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
+  images = shape.get('per_chip_batch', 1)
+  report.update({f'{k}_bytes': v for k, v in sizes.items()})
+  report.update(
+      total_bytes=total, total_gib=round(total / 2**30, 3), fits=total <= chip['hbm_gib'] * 2**30,
+      flops=flops, bytes_accessed=accessed, gflops_per_image=round(flops / images / 1e9, 1),
+      roofline_ms=round(1e3 * max(flops / (chip['bf16_tflops'] * 1e12),
+                                  accessed / (chip['hbm_gbps'] * 1e9)), 2))
+  return report
+
+
+def max_batch(config, topology_name: str, devices, start: int, emit) -> int:
+  """The largest per-chip train batch that fits (0 if not even one does)."""
+  reports = {}
+
+  def fit(b: int) -> bool:
+    if b == 0:
+      return True
+    if b not in reports:
+      reports[b] = compile_report('train', config, topology_name, devices, per_chip_batch=b)
+      emit(dict(reports[b], search='max_batch'))
+    return reports[b]['fits']
+
+  low = start
+  if not fit(low):
+    low, high = 0, low
+  else:
+    high = 2 * low
+    if fit(high):  # memory is close to linear in the batch: extrapolate from two points
+      per_image = (reports[high]['total_bytes'] - reports[low]['total_bytes']) / low
+      fixed = reports[low]['total_bytes'] - per_image * low
+      hbm = CHIPS[chip_of(topology_name)]['hbm_gib'] * 2**30
+      guess = int((hbm - fixed) // max(per_image, 1.0))
+      low, high = high, high + 1
+      if guess > low:
+        low, high = (guess, guess + 1) if fit(guess) else (low, guess)
+      while fit(high):
+        low, high = high, 2 * high
+  while high - low > 1:
+    middle = (low + high) // 2
+    low, high = (middle, high) if fit(middle) else (low, middle)
+  return low
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = FLAGS.config
+  config_check.check_config(config)
+  chip_of(FLAGS.topology)
+  topology = topologies.get_topology_desc(topology_name=FLAGS.topology, platform='tpu')
+  devices = topology.devices
+  per_chip = FLAGS.per_chip_batch or max(1, config.batch_size // len(devices))
+  size = [int(n) for n in FLAGS.eval_size] if FLAGS.eval_size else list(config.augment.crop_size)
+
+  def emit(report):
+    print(json.dumps(report), flush=True)
+
+  for program in FLAGS.programs:
+    if program not in ('train', 'eval'):
+      raise app.UsageError(f'--programs: train and/or eval, not {program!r}.')
+    shape = dict(per_chip_batch=per_chip) if program == 'train' else dict(eval_size=size)
+    emit(compile_report(program, config, FLAGS.topology, devices, **shape))
+  if FLAGS.max_batch:
+    for remat in (False, True):
+      config.model.remat = remat
+      best = max_batch(config, FLAGS.topology, devices, per_chip, emit)
+      emit(dict(program='train', search='result', topology=FLAGS.topology, remat=remat,
+                crop=list(config.augment.crop_size), dtype=config.model.dtype,
+                max_per_chip_batch=best))
+
+
+if __name__ == '__main__':
+  app.run(main)
