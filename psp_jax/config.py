@@ -18,6 +18,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.stem_widths = (32, 32, 64)  # mmseg ResNetV1c; semseg uses (64, 64, 128).
   model.output_stride = 8           # strides (1, 2, 1, 1), dilations (1, 1, 2, 4).
   model.contract_dilation = True    # mmseg: first block of a dilated stage at half dilation.
+  model.dilate_basic_conv2 = False  # ResNet-18/34: conv2 dilated too (CSAIL); mmseg: conv1 only.
   model.base_width = 64             # channels of stage 1's 3x3 convs (doubling per stage).
   model.pool_scales = (1, 2, 3, 6)  # pyramid bins; () gives a plain dilated FCN.
   model.ppm_channels = 512          # channels of each pyramid branch (mmseg: head channels).
@@ -26,6 +27,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.aux_in_index = 2            # auxiliary head reads stage 3 (1024 ch for R50).
   model.dropout_rate = 0.1          # Dropout2d before both classifiers.
   model.align_corners = False       # mmseg convention; semseg uses True.
+  model.bn_momentum = 0.1           # BN running-stats momentum, PyTorch's convention; CSAIL 0.001.
   model.remat = False               # rematerialise backbone blocks to save memory.
   model.dtype = 'float32'           # compute dtype; 'bfloat16' for mixed precision.
   model.param_dtype = 'float32'     # parameters and BN statistics stay float32.

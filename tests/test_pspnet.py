@@ -60,6 +60,22 @@ def test_train_mode_updates_batch_stats_and_uses_dropout_rng(variables):
   assert not np.allclose(old, new)
 
 
+def test_bn_momentum_weighs_the_batch_statistics_as_pytorch(variables):
+  """config.model.bn_momentum: new = (1 - m) * old + m * batch mean, here CSAIL's 0.001."""
+  images = _images()
+  model = build_model(_config(bn_momentum=0.001))
+  _, state = jax.jit(lambda v: model.apply(v, images, train=True, mutable=['batch_stats'],
+                                           rngs={'dropout': jax.random.PRNGKey(0)}))(variables)
+  # The stem's first BN normalises the first conv's output: its batch mean, computed apart.
+  stem = jax.lax.conv_general_dilated(
+      images, variables['params']['backbone']['stem_conv0']['kernel'], (2, 2),
+      ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  old = variables['batch_stats']['backbone']['stem_bn0']['mean']
+  np.testing.assert_allclose(state['batch_stats']['backbone']['stem_bn0']['mean'],
+                             0.999 * old + 0.001 * stem.mean(axis=(0, 1, 2)),
+                             rtol=1e-5, atol=1e-7)
+
+
 def test_pmap_batchnorm_is_synchronised_across_devices(variables):
   """Per-device shards with a cross-replica BN give what one device gives on the global batch."""
   n = jax.local_device_count()

@@ -22,17 +22,20 @@ classifier_init = nn.initializers.normal(0.01)
 
 def module_defs(train: bool, bn_axis_name: str | None = None, dtype: Any = jnp.float32,
                 param_dtype: Any = jnp.float32,
-                ops: kernel_lib.Kernels = kernel_lib.Kernels()) -> tuple[ModuleDef, ModuleDef]:
+                ops: kernel_lib.Kernels = kernel_lib.Kernels(),
+                bn_momentum: float = 0.1) -> tuple[ModuleDef, ModuleDef]:
   """(conv, norm): the nn.Conv and BatchNorm definitions every layer of the model uses.
 
   Convolutions have no bias (each is followed by BN) and torchvision's initialisation;
-  BatchNorm is PyTorch's BatchNorm2d (eps 1e-5, momentum 0.1), synchronised over the pmap
-  axis `bn_axis_name` when set.
+  BatchNorm is PyTorch's BatchNorm2d (eps 1e-5, momentum `bn_momentum`, PyTorch's
+  convention: 0.1 as BatchNorm2d, 0.001 as CSAIL's SynchronizedBatchNorm2d), synchronised
+  over the pmap axis `bn_axis_name` when set.
   """
   conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype,
                            param_dtype=param_dtype, conv_general_dilated=ops.conv_general_dilated)
-  norm = functools.partial(BatchNorm, use_running_average=not train, momentum=0.1, epsilon=1e-5,
-                           axis_name=bn_axis_name, dtype=dtype, param_dtype=param_dtype)
+  norm = functools.partial(BatchNorm, use_running_average=not train, momentum=bn_momentum,
+                           epsilon=1e-5, axis_name=bn_axis_name, dtype=dtype,
+                           param_dtype=param_dtype)
   return conv, norm
 
 
@@ -134,6 +137,7 @@ class PSPNet(nn.Module):
   stem_widths: Sequence[int] = (32, 32, 64)
   output_stride: int = 8
   contract_dilation: bool = True
+  dilate_basic_conv2: bool = False
   base_width: int = 64
   pool_scales: Sequence[int] = (1, 2, 3, 6)
   ppm_channels: int | None = None
@@ -142,6 +146,7 @@ class PSPNet(nn.Module):
   aux_in_index: int | None = 2
   dropout_rate: float = 0.1
   align_corners: bool = False
+  bn_momentum: float = 0.1
   remat: bool = False
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
@@ -158,12 +163,13 @@ class PSPNet(nn.Module):
     if images.ndim != 4 or images.shape[-1] != 3:
       raise errors.InputError(f'images must be [B, H, W, 3] (NHWC), got shape {images.shape}.')
     ops = self.ops
-    conv, norm = module_defs(train, self.bn_axis_name, self.dtype, self.param_dtype, ops)
+    conv, norm = module_defs(train, self.bn_axis_name, self.dtype, self.param_dtype, ops,
+                             self.bn_momentum)
     features = DilatedResNet(
         conv, norm, max_pool=ops.max_pool, keep=ops.keep, depth=self.depth, stem=self.stem,
         stem_widths=tuple(self.stem_widths), output_stride=self.output_stride,
-        contract_dilation=self.contract_dilation, base_width=self.base_width,
-        remat=self.remat, name='backbone')(images.astype(self.dtype))
+        contract_dilation=self.contract_dilation, dilate_basic_conv2=self.dilate_basic_conv2,
+        base_width=self.base_width, remat=self.remat, name='backbone')(images.astype(self.dtype))
     head = functools.partial(SegHead, self.num_classes, conv=conv, norm=norm,
                              dropout_rate=self.dropout_rate, align_corners=self.align_corners,
                              ops=ops)

@@ -66,12 +66,17 @@ def _pad(dilation: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 class BasicBlock(nn.Module):
-  """ResNet-18/34 block. As mmsegmentation's, only conv1 is dilated; conv2 keeps dilation 1."""
+  """ResNet-18/34 block: `dilation` on conv1, `conv2_dilation` on conv2.
+
+  mmsegmentation dilates conv1 only (conv2_dilation 1); CSAIL's ResnetDilated dilates
+  every 3x3 of the stage, conv2 at the stage's full dilation even where conv1 is contracted.
+  """
   features: int
   conv: ModuleDef
   norm: ModuleDef
   strides: int = 1
   dilation: int = 1
+  conv2_dilation: int = 1
   downsample: bool = False
   keep: Callable | None = None  # psp_jax.kernels' residual-stream identity, or none
   expansion = 1
@@ -82,7 +87,8 @@ class BasicBlock(nn.Module):
     y = self.conv(self.features, (3, 3), self.strides, padding=_pad(self.dilation),
                   kernel_dilation=self.dilation, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.features, (3, 3), padding=_pad(1), name='conv2')(y)
+    y = self.conv(self.features, (3, 3), padding=_pad(self.conv2_dilation),
+                  kernel_dilation=self.conv2_dilation, name='conv2')(y)
     y = self.norm(name='bn2')(y)
     if self.downsample:
       residual = self.conv(self.features, (1, 1), self.strides, padding='VALID',
@@ -131,6 +137,8 @@ class DilatedResNet(nn.Module):
       (64, 64, 128) semseg. The classic stem uses only the last.
     output_stride: 8, 16 or 32.
     contract_dilation: halve the first block's dilation in dilated stages (mmseg: True).
+    dilate_basic_conv2: ResNet-18/34 only: dilate each BasicBlock's conv2 at the stage's
+      dilation as well (CSAIL's ResnetDilated); mmseg leaves it at 1.
     base_width: channels of the first stage's 3x3 convs (64 in every standard ResNet).
     remat: rematerialise each block in the backward pass (saves activation memory).
     conv, norm: nn.Conv and BatchNorm module definitions (dtype, train mode, sync axis).
@@ -145,6 +153,7 @@ class DilatedResNet(nn.Module):
   stem_widths: Sequence[int] = (32, 32, 64)
   output_stride: int = 8
   contract_dilation: bool = True
+  dilate_basic_conv2: bool = False
   base_width: int = 64
   remat: bool = False
 
@@ -168,6 +177,7 @@ class DilatedResNet(nn.Module):
 
     block_cls = BasicBlock if self.depth < 50 else Bottleneck
     expansion = block_cls.expansion
+    basic = block_cls is BasicBlock
     if self.remat:
       block_cls = nn.remat(block_cls)
     strides, dilations = stage_strides_and_dilations(self.output_stride)
@@ -179,9 +189,10 @@ class DilatedResNet(nn.Module):
       for j, dilation in enumerate(block_dilations(num_blocks, dilations[stage],
                                                    self.contract_dilation)):
         stride = strides[stage] if j == 0 else 1
+        extra = {'conv2_dilation': dilations[stage]} if basic and self.dilate_basic_conv2 else {}
         x = block_cls(width, conv=conv, norm=norm, strides=stride, dilation=dilation,
                       downsample=(j == 0 and (stride != 1 or in_channels != out_channels)),
-                      keep=self.keep, name=f'layer{stage + 1}_{j}')(x)
+                      keep=self.keep, name=f'layer{stage + 1}_{j}', **extra)(x)
         in_channels = out_channels
       features.append(x)
     return features
