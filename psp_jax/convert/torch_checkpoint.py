@@ -1,4 +1,4 @@
-"""PyTorch checkpoints (mmsegmentation, hszhao/semseg, ImageNet ResNets) -> Flax variables.
+"""PyTorch checkpoints (mmsegmentation, hszhao/semseg, CSAIL, ImageNet ResNets) -> Flax variables.
 
 Conversion is strict: every source tensor must land in a Flax leaf of the same
 shape and every target leaf must be filled, or one `ConversionError` lists all
@@ -13,7 +13,7 @@ rules; the parameter name at the end of a key decides the Flax leaf:
 
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,8 @@ _MMCV_STEM = [
     (r'stem\.6', 'backbone/stem_conv2'), (r'stem\.7', 'backbone/stem_bn2'),
     (r'conv1', 'backbone/stem_conv0'), (r'bn1', 'backbone/stem_bn0'),
 ]
+# semseg's and CSAIL's ImageNet ResNets: the deep stem as conv1/bn1 .. conv3/bn3.
+_NUMBERED_STEM = [(rf'(conv|bn){i + 1}', rf'backbone/stem_\g<1>{i}') for i in range(3)]
 
 
 def _prefixed(prefix: str, rules):
@@ -71,6 +73,23 @@ FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...], list[tuple[str, str]]
             (r'aux\.1', 'auxiliary_head/bottleneck/bn'),
             (r'aux\.4', 'auxiliary_head/conv_seg'),
         ]),
+    # CSAIL's mit_semseg: ResnetDilated encoder + PPMDeepsup decoder, two files (FILES).
+    # Its SynchronizedBatchNorm2d keeps three more buffers, for its debiased running
+    # averages while training on several GPUs; eval reads running_mean/var only.
+    'csail': (
+        (),
+        (r'.*num_batches_tracked', r'.*\._tmp_running_mean', r'.*\._tmp_running_var',
+         r'.*\._running_iter'),
+        _prefixed('encoder.', _NUMBERED_STEM + _RESNET_LAYERS) + [
+            (r'decoder\.ppm\.(\d+)\.1', r'decode_head/ppm/branch\1/conv'),
+            (r'decoder\.ppm\.(\d+)\.2', r'decode_head/ppm/branch\1/bn'),
+            (r'decoder\.conv_last\.0', 'decode_head/bottleneck/conv'),
+            (r'decoder\.conv_last\.1', 'decode_head/bottleneck/bn'),
+            (r'decoder\.conv_last\.4', 'decode_head/conv_seg'),
+            (r'decoder\.cbr_deepsup\.0', 'auxiliary_head/bottleneck/conv'),
+            (r'decoder\.cbr_deepsup\.1', 'auxiliary_head/bottleneck/bn'),
+            (r'decoder\.conv_last_deepsup', 'auxiliary_head/conv_seg'),
+        ]),
     # ImageNet backbones: their classifier (`fc`, mmcls `head.fc`) has no place in PSPNet.
     'mmcv-resnet': (
         ('module.', 'backbone.'),
@@ -83,9 +102,14 @@ FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...], list[tuple[str, str]]
     'semseg-resnet': (
         ('module.',),
         (r'.*num_batches_tracked', r'fc\..*'),
-        [(rf'(conv|bn){i + 1}', rf'backbone/stem_\g<1>{i}') for i in range(3)] + _RESNET_LAYERS),
+        _NUMBERED_STEM + _RESNET_LAYERS),
 }
 BACKBONE_FORMATS = ('mmcv-resnet', 'torchvision', 'semseg-resnet')
+# Formats saved as one file per submodule: the files, in this order, are read into one
+# state dict under these prefixes. CSAIL's train.py saves encoder_epoch_N.pth and
+# decoder_epoch_N.pth; `encoder.` and `decoder.` are the names its SegmentationModule
+# gives them, so a SegmentationModule's own state dict would read the same.
+FILES = {'csail': ('encoder', 'decoder')}
 
 _LEAVES = {
     'bias': ('params', 'bias'),
@@ -198,7 +222,22 @@ def read_torch_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -
   return {k: v.detach().float().numpy() for k, v in checkpoint.items() if torch.is_tensor(v)}
 
 
-def load_torch_checkpoint(path: str | os.PathLike, format: str, model: PSPNet,  # pylint: disable=redefined-builtin
+def load_torch_checkpoint(path: str | os.PathLike | Sequence[str | os.PathLike],
+                          format: str, model: PSPNet,  # pylint: disable=redefined-builtin
                           trust_pickle: bool = False) -> Variables:
-  """Reads a PyTorch checkpoint and converts it strictly for `model` (see convert_state_dict)."""
-  return convert_state_dict(read_torch_state_dict(path, trust_pickle), format, model)
+  """Reads a PyTorch checkpoint and converts it strictly for `model` (see convert_state_dict).
+
+  `path` is one .pth file, or for a format of FILES its files in that order
+  ('csail': the encoder's, then the decoder's).
+  """
+  paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+  parts = FILES.get(format)
+  expected = ' '.join(f'{part.upper()}.pth' for part in parts) if parts else 'one .pth file'
+  if len(paths) != len(parts or ('',)):
+    raise errors.InputError(f'--format={format} reads {expected}; got {len(paths)} file'
+                            f'{"s" * (len(paths) != 1)}: {" ".join(map(str, paths))}.')
+  if not parts:
+    return convert_state_dict(read_torch_state_dict(paths[0], trust_pickle), format, model)
+  state_dict = {f'{part}.{key}': value for part, part_path in zip(parts, paths)
+                for key, value in read_torch_state_dict(part_path, trust_pickle).items()}
+  return convert_state_dict(state_dict, format, model)
