@@ -75,6 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
   # mmseg's CrossEntropyLoss(avg_non_ignore=False), this recipe's: the mean over all pixels,
   # ignored ones included; 'valid' averages over labelled pixels (avg_non_ignore=True, semseg).
   config.loss_average = 'all'
+  # 1: the loss at the labels' size, the logits upsampled bilinearly (mmseg, semseg); the
+  # model's output stride (CSAIL's segm_downsampling_rate 8): at the logits' size, the labels
+  # nearest-downsampled to them (losses.downsample_labels).
+  config.segm_downsampling_rate = 1
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.schedule = 'mmseg'          # mmengine LinearLR + PolyLR (see optimizer.py)

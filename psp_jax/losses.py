@@ -32,15 +32,39 @@ def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
   return loss, jax.lax.stop_gradient(hits)
 
 
+def downsample_labels(labels: jnp.ndarray, rate: int,
+                      ignore_label: int = spec.IGNORE_LABEL) -> jnp.ndarray:
+  """CSAIL's `segm_downsampling_rate`: label maps nearest-downsampled by `rate`.
+
+  mit_semseg's TrainDataset pads each label map bottom/right to a multiple of `rate`
+  with its unlabelled value (0 there, `ignore_label` here) and resizes it by PIL's
+  nearest neighbour, which keeps source pixel floor((i + 0.5) * rate) = rate * i + rate // 2.
+
+  Args:
+    labels: [B, H, W] int32.
+  Returns:
+    [B, ceil(H / rate), ceil(W / rate)] int32: the 1/rate logits' grid for a network of
+    output stride `rate` (PyTorch's symmetric padding rounds sizes up).
+  """
+  height, width = labels.shape[1:3]
+  pad = ((0, 0), (0, -height % rate), (0, -width % rate))
+  padded = jnp.pad(labels, pad, constant_values=ignore_label)
+  return padded[:, rate // 2::rate, rate // 2::rate]
+
+
 def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
                       aux_weight: float = 0.4, average: str = 'valid',
                       align_corners: bool = False, ignore_label: int = spec.IGNORE_LABEL,
-                      axis_name: str | None = None,
+                      segm_downsampling_rate: int = 1, axis_name: str | None = None,
                       cross_entropy_sums: Callable | None = None
                       ) -> tuple[jnp.ndarray, dict[str, Any]]:
-  """CE(main) + aux_weight * CE(aux), logits upsampled bilinearly to the label size.
+  """CE(main) + aux_weight * CE(aux), at the labels' or at the logits' resolution.
 
-  `average='valid'` divides by the number of labelled pixels (semseg, and mmseg's
+  With `segm_downsampling_rate` 1 (mmseg, semseg) the logits are upsampled bilinearly to
+  the label size; with r > 1 (CSAIL: 8) the labels are downsampled to the logits
+  (`downsample_labels`), which must then be [B, ceil(H / r), ceil(W / r)], and the
+  plain loss runs at that size (no full-resolution logits to avoid, so no kernel).
+  `average='valid'` divides by the number of labelled pixels (semseg, CSAIL, and mmseg's
   `avg_non_ignore=True`); `'all'` by all pixels (mmseg's default). With
   `axis_name`, the denominator is the count over the whole pmapped batch, scaled by
   the number of devices, so that `lax.pmean` of the per-device gradients equals the
@@ -52,10 +76,20 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
     labels: [B, H, W] int32.
   Returns:
     (loss to differentiate, {'loss', 'main_loss', 'aux_loss', 'pixel_accuracy'} over
-    the global batch; pixel accuracy of the main head on labelled pixels).
+    the global batch; pixel accuracy of the main head on labelled pixels, at the
+    resolution the loss is computed at).
   """
   if average not in ('valid', 'all'):
     raise errors.InputError(f"loss average must be 'valid' or 'all', got {average!r}.")
+  if segm_downsampling_rate != 1:
+    labels = downsample_labels(labels, segm_downsampling_rate, ignore_label)
+    for key in ('logits', 'aux_logits'):
+      if key in outputs and outputs[key].shape[1:3] != labels.shape[1:3]:
+        raise errors.InputError(
+            f'config.segm_downsampling_rate={segm_downsampling_rate} gives labels of '
+            f'{labels.shape[1:3]}, but the {key} are {outputs[key].shape[1:3]}: set it to '
+            'the model\'s output stride (CSAIL: 8), or to 1 to upsample the logits.')
+    cross_entropy_sums = upsampled_cross_entropy_sums  # the resize is the identity
   dtype = jnp.promote_types(outputs['logits'].dtype, jnp.float32)
   labelled = labels != ignore_label
   num_labelled = jnp.sum(labelled).astype(dtype)

@@ -121,6 +121,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.batch_size % jax.device_count():
     raise errors.InputError(f'config.batch_size={config.batch_size} must be divisible by the '
                             f'{jax.device_count()} devices.')
+  if config.segm_downsampling_rate not in (1, config.model.output_stride):
+    raise errors.InputError(
+        f'config.segm_downsampling_rate={config.segm_downsampling_rate}: use 1 (logits upsampled '
+        f'to the labels) or the model\'s output stride, {config.model.output_stride} (labels '
+        'downsampled to the logits, as CSAIL).')
   # The speed rewrites for the devices the steps run on (config.model.kernels).
   platform = jax.local_devices()[0].platform
   mode = kernels.resolve(config.model.kernels, platform)

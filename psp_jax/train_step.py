@@ -30,15 +30,16 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
                learning_rate_fn: Callable[[jnp.ndarray], jnp.ndarray], *,
                aux_weight: float = 0.4, loss_average: str = 'valid',
-               align_corners: bool = False, axis_name: str | None = 'batch',
-               cross_entropy_sums: Callable | None = None
+               align_corners: bool = False, segm_downsampling_rate: int = 1,
+               axis_name: str | None = 'batch', cross_entropy_sums: Callable | None = None
                ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One SGD step on a batch (spec: image [b, H, W, 3] float, label [b, H, W] int32).
 
   Meant for `jax.pmap(..., axis_name='batch', donate_argnums=(0,))` with a model built
   with `bn_axis_name='batch'`: BN statistics are then synchronised across devices,
   and gradients and metrics are `lax.pmean`-ed. With `axis_name=None` it is the same
-  step on one device. `cross_entropy_sums`: the loss kernel (psp_jax.kernels), or None.
+  step on one device. `cross_entropy_sums`: the loss kernel (psp_jax.kernels), or None;
+  `segm_downsampling_rate`: see losses.segmentation_loss.
   """
   step_rng = jax.random.fold_in(state.dropout_rng, state.step)
   if axis_name is not None:  # each device drops out different channels
@@ -50,8 +51,8 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
         rngs={'dropout': step_rng}, mutable=['batch_stats'])
     loss, metrics = losses.segmentation_loss(
         outputs, batch[spec.LABEL], aux_weight=aux_weight, average=loss_average,
-        align_corners=align_corners, axis_name=axis_name,
-        cross_entropy_sums=cross_entropy_sums)
+        align_corners=align_corners, segm_downsampling_rate=segm_downsampling_rate,
+        axis_name=axis_name, cross_entropy_sums=cross_entropy_sums)
     return loss, (metrics, updates['batch_stats'])
 
   grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -85,4 +86,5 @@ def pmapped_train_step_for(config, learning_rate_fn, cross_entropy_sums, devices
   return pmapped_train_step(learning_rate_fn, devices=devices, aux_weight=config.aux_weight,
                             loss_average=config.loss_average,
                             align_corners=config.model.align_corners,
+                            segm_downsampling_rate=config.segm_downsampling_rate,
                             cross_entropy_sums=cross_entropy_sums)

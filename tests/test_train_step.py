@@ -58,6 +58,16 @@ def test_loss_ignores_255_and_upsamples_aux_with_weight():
   assert everything_ignored == 0.0
 
 
+def test_loss_at_logits_resolution_needs_logits_on_the_downsampled_grid():
+  """segm_downsampling_rate=8: labels 37x50 -> 5x7 (tests/test_csail_parity.py has the values)."""
+  labels = _labels((2, 37, 50))
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 5))
+  loss, _ = losses.segmentation_loss({'logits': logits}, labels, segm_downsampling_rate=8)
+  assert np.isfinite(loss)
+  with pytest.raises(ValueError, match='segm_downsampling_rate=8 gives labels of'):
+    losses.segmentation_loss({'logits': logits[:, :4]}, labels, segm_downsampling_rate=8)
+
+
 @pytest.mark.parametrize('align_corners', [False, True])
 @pytest.mark.parametrize('logit_size,label_size', [((5, 7), (37, 50)), ((40, 40), (13, 17)),
                                                     ((9, 11), (9, 11))])
