@@ -100,6 +100,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.test.resize = 'keep_ratio'             # mmseg Resize(scale=(2048, 512), keep_ratio)
   config.test.test_scale = (2048, 512)          # 'keep_ratio': (long, short) edge limits
   config.test.base_size = 512                   # 'base_size' (semseg): the long side
+  # 'csail' (mit_semseg's ValDataset): one pass per short side, the long side at most
+  # max_size, each size rounded up to a multiple of size_multiple (resized, not padded).
+  config.test.short_sides = (300, 375, 450, 525, 600)  # imgSizes
+  config.test.max_size = 1000                   # imgMaxSize
+  config.test.size_multiple = 8                 # padding_constant
   config.test.scales = (1.0,)                   # multi-scale: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75
   config.test.flip = False
   config.test.window_batch = 4

@@ -4,7 +4,9 @@ mmseg's EncoderDecoder path, step by step: resize the image to the test scale, r
 network (whole image, or overlapping crops whose logits are averaged), bilinearly upsample
 the 1/8 logits to the network input, then bilinearly resize them to the original image
 size and take the argmax. With several scales or flip, softmax probabilities at the
-original size are averaged (mmseg's SegTTAModel, semseg's test.py).
+original size are averaged (mmseg's SegTTAModel, semseg's test.py). CSAIL's protocol
+(resize='csail') resizes the image with PIL to each of several short sides and upsamples
+the 1/8 logits straight to the original size.
 
 Arrays are NHWC numpy/jax; an image is [H, W, 3] in 0-255 RGB, a label map [H, W].
 """
@@ -16,6 +18,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from psp_jax import errors, resample, spec
 
@@ -33,8 +36,19 @@ class TestProtocol:
   base_size: int | None = None
   scales: tuple[float, ...] = (1.0,)
   flip: bool = False
+  short_sides: tuple[int, ...] = (300, 375, 450, 525, 600)  # 'csail' (see `csail_size`)
+  max_size: int = 1000
+  size_multiple: int = 8
 
   __test__ = False  # not a pytest test class
+
+  def __post_init__(self):
+    if self.resize == 'csail' and (self.mode != 'whole' or self.size_divisor):
+      raise errors.InputError(
+          f"config.test.resize='csail' runs whole images at multiples of size_multiple and "
+          f'upsamples their 1/8 logits straight to the original size; it takes '
+          f"mode='whole' and size_divisor=None, got mode={self.mode!r}, "
+          f'size_divisor={self.size_divisor}.')
 
   @classmethod
   def from_config(cls, test) -> 'TestProtocol':
@@ -44,7 +58,17 @@ class TestProtocol:
                stride=tuple_or_none(test.stride), window_batch=test.window_batch,
                size_divisor=test.size_divisor, resize=test.resize,
                test_scale=tuple_or_none(test.test_scale), base_size=test.base_size,
-               scales=tuple(test.scales), flip=bool(test.flip))
+               scales=tuple(test.scales), flip=bool(test.flip),
+               short_sides=tuple(test.short_sides), max_size=test.max_size,
+               size_multiple=test.size_multiple)
+
+  def input_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+    """The network input size of each pass over an image of height x width (before flip)."""
+    if self.resize == 'csail':
+      return [csail_size(height, width, s, self.max_size, self.size_multiple)
+              for s in self.short_sides]
+    return [test_size(height, width, self.resize, s, self.test_scale, self.base_size)
+            for s in self.scales]
 
   @property
   def single_pass(self) -> bool:
@@ -72,6 +96,18 @@ def base_size(height: int, width: int, base: int, scale: float = 1.0) -> tuple[i
   return round(long_side / width * height), long_side
 
 
+def csail_size(height: int, width: int, short_side: int, max_size: int,
+               multiple: int) -> tuple[int, int]:
+  """mit_semseg's ValDataset / TestDataset test size.
+
+  The short side becomes `short_side` unless the long side would pass `max_size`; the
+  size is truncated, then rounded up to a multiple of `multiple` (its padding_constant),
+  and the image is resized to exactly that size, not padded.
+  """
+  scale = min(short_side / float(min(height, width)), max_size / float(max(height, width)))
+  return round_up(int(height * scale), multiple), round_up(int(width * scale), multiple)
+
+
 def slide_windows(height: int, width: int, crop: Sequence[int],
                   stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
   """mmseg's slide_inference grid: (y1, y2, x1, x2) of each window, the last ones flush
@@ -97,6 +133,14 @@ def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
   return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 
+def resize_image_pil(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+  """PIL's Image.resize(size, BILINEAR), as mit_semseg's imresize: unlike `resize_image`,
+  the filter widens when shrinking (antialiased). [H, W, 3] uint8 -> [h, w, 3] uint8."""
+  resized = Image.fromarray(np.ascontiguousarray(image)).resize((size[1], size[0]),
+                                                                Image.BILINEAR)
+  return np.asarray(resized)
+
+
 def normalize(image: np.ndarray) -> np.ndarray:
   """[H, W, 3] 0-255 RGB -> float32, normalised as the model was trained (spec)."""
   return (image.astype(np.float32) - np.float32(spec.MEAN_RGB)) / np.float32(spec.STDDEV_RGB)
@@ -109,6 +153,12 @@ def _logits_at_input_size(model, variables, images):
   return model.apply(variables, images, method='segment')
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _logits_at_output_stride(model, variables, images):
+  """The decode head's logits as the network gives them, jitted as _logits_at_input_size."""
+  return model.apply(variables, images)['logits']
+
+
 class Predictor:
   """Logits of one image at its own size, whole or by sliding window, jitted per shape.
 
@@ -118,31 +168,39 @@ class Predictor:
   crops the logits back, as mmseg's data preprocessor with `test_cfg=dict(size_divisor=N)`
   does: images of many sizes then share a few shape buckets. Slide mode feeds windows in
   batches of `window_batch` (the last batch padded), so it compiles once per window shape.
+  `upsample=False` (whole images, no padding) returns the logits at the network's output
+  stride, for CSAIL's protocol, which upsamples them straight to the original size.
   """
 
   def __init__(self, model, variables: Any, mode: str = 'whole',
                crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-               window_batch: int = 4, size_divisor: int | None = None):
+               window_batch: int = 4, size_divisor: int | None = None, upsample: bool = True):
     if mode not in ('whole', 'slide'):
       raise errors.InputError(f"mode={mode!r}: use 'whole' or 'slide'.")
     if mode == 'slide' and not (crop_size and stride):
       raise errors.InputError('slide mode needs crop_size and stride.')
+    if not upsample and (mode != 'whole' or size_divisor):
+      raise errors.InputError('logits at the output stride (upsample=False) need whole '
+                              'images without a size divisor.')
     self.model, self.variables, self.mode = model, variables, mode
     self.crop_size, self.stride, self.window_batch = crop_size, stride, window_batch
-    self.size_divisor = size_divisor
+    self.size_divisor, self.upsample = size_divisor, upsample
     self.compiled_shapes: set[tuple[int, ...]] = set()
 
   def _run(self, images: np.ndarray) -> jax.Array:
     self.compiled_shapes.add(images.shape)
-    return _logits_at_input_size(self.model, self.variables, jnp.asarray(images))
+    run = _logits_at_input_size if self.upsample else _logits_at_output_stride
+    return run(self.model, self.variables, jnp.asarray(images))
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
-    """[H, W, 3] normalised float image -> [H, W, num_classes] float32 logits."""
+    """[H, W, 3] normalised float image -> [H, W, num_classes] float32 logits
+    ([ceil(H / 8), ceil(W / 8), num_classes] with upsample=False, output stride 8)."""
     height, width = image.shape[:2]
     if self.size_divisor:
       padded = [round_up(n, self.size_divisor) for n in (height, width)]
       image = np.pad(image, ((0, padded[0] - height), (0, padded[1] - width), (0, 0)))
-    return self._logits(image)[:height, :width]
+    logits = self._logits(image)
+    return logits[:height, :width] if self.upsample else logits
 
   def _logits(self, image: np.ndarray) -> np.ndarray:
     if self.mode == 'whole':
@@ -163,9 +221,11 @@ class Predictor:
 
 
 def predictor_for_test(model, variables: Any, test: TestProtocol) -> Predictor:
-  """The Predictor `test` asks for (mode, crop, stride, window batch, size divisor)."""
+  """The Predictor `test` asks for (mode, crop, stride, window batch, size divisor, and
+  for CSAIL's protocol the logits at the output stride)."""
   return Predictor(model, variables, mode=test.mode, crop_size=test.crop_size, stride=test.stride,
-                   window_batch=test.window_batch, size_divisor=test.size_divisor)
+                   window_batch=test.window_batch, size_divisor=test.size_divisor,
+                   upsample=test.resize != 'csail')
 
 
 @functools.partial(jax.jit, static_argnames=('size', 'align_corners'))
@@ -182,7 +242,8 @@ def test_size(height: int, width: int, resize: str, scale: float = 1.0,
     return base_size(height, width, base, scale)
   if resize == 'none':
     return round(height * scale), round(width * scale)
-  raise errors.InputError(f"resize={resize!r}: use 'keep_ratio', 'base_size' or 'none'.")
+  raise errors.InputError(f"resize={resize!r}: use 'keep_ratio', 'base_size', 'none' or "
+                          "'csail'.")
 
 
 def predict(predictor: Predictor, image: np.ndarray, test: TestProtocol) -> np.ndarray:
@@ -192,18 +253,23 @@ def predict(predictor: Predictor, image: np.ndarray, test: TestProtocol) -> np.n
     image: [H, W, 3] uint8 RGB, as read from disk.
     test: its scales (multipliers of the test scale), flip (add horizontally flipped
       inputs) and resize: 'keep_ratio' (mmseg: `test_scale` = (long, short) edge limits),
-      'base_size' (semseg: the long side becomes `base_size` x scale), or 'none'.
+      'base_size' (semseg: the long side becomes `base_size` x scale), 'none', or
+      'csail' (one input per short side, `csail_size`, resized with PIL; `predictor`
+      then gives 1/8 logits, upsampled once, to the original size, as CSAIL's decoder
+      with segSize).
   Returns:
     Logits when there is one input (one scale, no flip), as mmseg's `seg_logits`;
-    otherwise softmax probabilities averaged over the inputs (mmseg TTA, semseg ms).
+    otherwise softmax probabilities averaged over the inputs (mmseg TTA, semseg ms,
+    CSAIL's eval.py).
   """
   height, width = image.shape[:2]
   align_corners = predictor.model.align_corners
-  inputs = [(s, f) for s in test.scales for f in ((False, True) if test.flip else (False,))]
+  resize = resize_image_pil if test.resize == 'csail' else resize_image
+  inputs = [(size, f) for size in test.input_sizes(height, width)
+            for f in ((False, True) if test.flip else (False,))]
   total = None
-  for scale, flipped in inputs:
-    size = test_size(height, width, test.resize, scale, test.test_scale, test.base_size)
-    x = normalize(resize_image(image, size))
+  for size, flipped in inputs:
+    x = normalize(resize(image, size))
     logits = predictor(x[:, ::-1] if flipped else x)
     logits = logits[:, ::-1] if flipped else logits
     scores = _resize_logits(jnp.asarray(logits), (height, width), align_corners)

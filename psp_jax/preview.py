@@ -22,9 +22,11 @@ class PredictionPreview:
     examples = builder.as_dataset(split=split).take(count).map(decode)
     self.examples = list(checks.name_corrupt_images(tfds.as_numpy(examples), builder, split)
                          ) if count else []
-    self.predictor = inference.Predictor(model, None, size_divisor=test.size_divisor)
-    # One whole-image pass at the test size: the preview is a picture, not the metric.
-    self.test = dataclasses.replace(test, mode='whole', scales=(1.0,), flip=False)
+    # One whole-image pass at the test size (CSAIL's: the largest short side): the
+    # preview is a picture, not the metric.
+    self.test = dataclasses.replace(test, mode='whole', scales=(1.0,), flip=False,
+                                    short_sides=(max(test.short_sides),))
+    self.predictor = inference.predictor_for_test(model, None, self.test)
     self.palette = palette
 
   def __call__(self, variables) -> dict[str, np.ndarray]:

@@ -44,6 +44,20 @@ def test_rescale_sizes_follow_mmcv_and_semseg():
   assert inference.base_size(500, 375, 512, 0.5) == (256, 192)
 
 
+def test_csail_sizes_follow_mit_semseg_val_dataset():
+  """Short side to each size, long side <= 1000, truncated, then up to a multiple of 8."""
+  protocol = inference.TestProtocol(resize='csail', size_divisor=None)  # CSAIL's defaults
+  assert protocol.input_sizes(512, 683) == [(304, 400), (376, 504), (456, 600), (528, 704),
+                                            (600, 800)]
+  # A panorama: 1000 / 1600 caps every size at the same one.
+  assert protocol.input_sizes(480, 1600) == [(304, 1000)] * 5
+  assert inference.csail_size(683, 512, 300, 1000, 8) == (400, 304)
+  with pytest.raises(ValueError, match="resize='csail'"):
+    inference.TestProtocol(resize='csail', size_divisor=32)
+  with pytest.raises(ValueError, match="resize='csail'"):
+    inference.TestProtocol(resize='csail', mode='slide', size_divisor=None)
+
+
 @pytest.fixture(scope='module')
 def converted():
   reference = ref.build_pspnet(depth=18, num_classes=NUM_CLASSES, seed=3)
