@@ -2,7 +2,8 @@
 
 import pytest
 
-from configs import ade20k, cityscapes, folder, quickstart, voc12_aug
+from configs import ade20k, ade20k_csail, cityscapes, folder, quickstart, voc12_aug
+from psp_jax import inference
 from psp_jax.models.pspnet import build_model
 
 
@@ -14,7 +15,8 @@ def _leaf_types(config, prefix=''):
       yield f'{prefix}{key}', config.get_type(key)
 
 
-@pytest.mark.parametrize('module', [ade20k, voc12_aug, cityscapes, quickstart, folder],
+@pytest.mark.parametrize('module', [ade20k, ade20k_csail, voc12_aug, cityscapes, quickstart,
+                                    folder],
                          ids=lambda m: m.__name__)
 def test_config_fields_are_typed_so_flags_can_override_them(module):
   config = module.get_config()
@@ -24,4 +26,5 @@ def test_config_fields_are_typed_so_flags_can_override_them(module):
   # config_flags refuses `--config.x=...` on a field whose only known type is NoneType.
   assert not untyped, f'use ml_collections.config_dict.placeholder(type) for {untyped}'
   build_model(config.model)  # the model fields are all known to build_model
+  inference.TestProtocol.from_config(config.test)  # and the test protocol is a valid one
   assert config.batch_size % 1 == 0 and config.num_train_steps > config.optimizer.warmup_steps
