@@ -2,18 +2,20 @@ r"""Compiles psp_jax's own train and eval steps for a TPU topology, without a TP
 
   pip install -e ".[tpu]"    # libtpu: the TPU compiler runs on any x86 host
   python benchmarks/compile_tpu.py --config=configs/ade20k.py --topology=v5e:2x2 \
-      [--per_chip_batch=4] [--programs=train,eval] [--max_batch] [--config.model.dtype=bfloat16]
+      [--per_device_batch=4] [--programs=train,eval] [--max_batch] [--config.model.dtype=bfloat16]
 
 The train program is train.py's: `train_step.pmapped_train_step_for` of the config (sync
-BN over the topology's chips, `lax.pmean` of gradients, the config's optimizer, state
+BN over the topology's devices, `lax.pmean` of gradients, the config's optimizer, state
 donated), on `config.augment.crop_size` crops; the eval program is evaluate.py's
-whole-image step (`evaluator.bucket_confusion_step`, one image per chip, padded to the
+whole-image step (`evaluator.bucket_confusion_step`, one image per device, padded to the
 config's size divisor). Each is lowered for `jax.experimental.topologies` abstract devices
-and compiled by libtpu; one JSON line per program says what XLA reports per chip: memory
+and compiled by libtpu; one JSON line per program says what XLA reports per device: memory
 (arguments, outputs, temporaries, aliased = donated), FLOPs and bytes accessed per step,
 and a roofline lower bound on step time from the chip's published peak bf16 FLOP/s and HBM
-bandwidth. These are compile-time figures, not measured speed.
---max_batch finds the largest per-chip train batch that fits the chip's HBM, without and
+bandwidth. These are compile-time figures, not measured speed. A device is a chip, except
+on v4, whose abstract topology has one per TensorCore (2 per chip, each with half the
+chip's HBM, FLOP/s and bandwidth); JAX on a v4 VM runs one per chip (megacore).
+--max_batch finds the largest per-device train batch that fits its HBM, without and
 with `remat` (a linear fit of memory in the batch from two compiles, then compiles at the
 prediction and one above it).
 """
@@ -26,6 +28,7 @@ import time
 # server (absent off Google Cloud) for TPU workers.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # beside another libtpu process
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
@@ -49,12 +52,12 @@ CHIPS = {
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 flags.DEFINE_string('topology', 'v5e:2x2', 'TPU topology: ' + ', '.join(
     f'{k}:...' for k in CHIPS) + ' (e.g. v4:2x2x1, v5p:2x2x1, v6e:2x2).')
-flags.DEFINE_integer('per_chip_batch', None, 'Train images per chip; default the recipe\'s '
-                     'batch_size over the topology\'s chips.')
+flags.DEFINE_integer('per_device_batch', None, 'Train images per device; default the '
+                     'recipe\'s batch_size over the topology\'s devices.')
 flags.DEFINE_list('programs', ['train', 'eval'], 'Which programs to compile.')
 flags.DEFINE_list('eval_size', None, 'Eval image height,width before padding; default the '
                   'crop size.')
-flags.DEFINE_bool('max_batch', False, 'Also find the largest per-chip train batch that fits, '
+flags.DEFINE_bool('max_batch', False, 'Also find the largest per-device train batch that fits, '
                   'without and with remat.')
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
@@ -68,11 +71,11 @@ def chip_of(topology_name: str) -> str:
 
 
 def _stacked(tree, n: int):
-  """Per-chip shapes of `tree`, stacked over `n` chips as pmap takes them."""
+  """Per-device shapes of `tree`, stacked over `n` devices as pmap takes them."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), tree)
 
 
-def _train_program(config, devices, per_chip_batch: int):
+def _train_program(config, devices, per_device_batch: int):
   mode = kernels.resolve(config.model.kernels, 'tpu')
   model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None,
                       kernels=mode)
@@ -81,8 +84,8 @@ def _train_program(config, devices, per_chip_batch: int):
   learning_rate_fn = optimizer.create_learning_rate_fn(config.optimizer, config.num_train_steps)
   state = jax.eval_shape(lambda: train_step.create_train_state(
       model, tx, jax.random.PRNGKey(0), (1, height, width, 3)))
-  batch = {'image': jax.ShapeDtypeStruct((per_chip_batch, height, width, 3), jnp.float32),
-           'label': jax.ShapeDtypeStruct((per_chip_batch, height, width), jnp.int32)}
+  batch = {'image': jax.ShapeDtypeStruct((per_device_batch, height, width, 3), jnp.float32),
+           'label': jax.ShapeDtypeStruct((per_device_batch, height, width), jnp.int32)}
   step = train_step.pmapped_train_step_for(config, learning_rate_fn,
                                            kernels.get(mode).cross_entropy_sums,
                                            devices=devices)
@@ -106,16 +109,20 @@ def _eval_program(config, devices, size):
 
 
 def compile_report(program: str, config, topology_name: str, devices, **shape) -> dict:
-  """Compiles one program; its figures per chip as one dict (fits=False if XLA refused)."""
+  """Compiles one program; its figures per device as one dict (fits=False if XLA refused)."""
   chip = CHIPS[chip_of(topology_name)]
   if program == 'train':
-    step, args = _train_program(config, devices, shape['per_chip_batch'])
+    step, args = _train_program(config, devices, shape['per_device_batch'])
   else:
     step, args = _eval_program(config, devices, shape['eval_size'])
+  # v4's abstract topology has one device per TensorCore (2 per chip); a v4 VM's JAX runs
+  # one device per chip (megacore). Every figure below is per device, and so is the budget.
+  cores = len({d.core_on_chip for d in devices})
+  hbm_gib, peak, bandwidth = (chip[k] / cores for k in ('hbm_gib', 'bf16_tflops', 'hbm_gbps'))
   report = dict(program=program, topology=topology_name, device_kind=devices[0].device_kind,
-                chips=len(devices), **shape, crop=list(config.augment.crop_size),
-                dtype=config.model.dtype, remat=bool(config.model.remat),
-                hbm_gib=chip['hbm_gib'])
+                devices=len(devices), chips=len({tuple(d.coords) for d in devices}),
+                devices_per_chip=cores, **shape, crop=list(config.augment.crop_size),
+                dtype=config.model.dtype, remat=bool(config.model.remat), hbm_gib=hbm_gib)
   start = time.perf_counter()
   try:
     compiled = step.lower(*args).compile()
@@ -134,25 +141,24 @@ def compile_report(program: str, config, topology_name: str, devices, **shape) -
   total = sizes['argument'] + sizes['output'] - sizes['alias'] + sizes['temp'] + sizes[
       'generated_code']
   flops, accessed = float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
-  images = shape.get('per_chip_batch', 1)
+  images = shape.get('per_device_batch', 1)
   report.update({f'{k}_bytes': v for k, v in sizes.items()})
   report.update(
-      total_bytes=total, total_gib=round(total / 2**30, 3), fits=total <= chip['hbm_gib'] * 2**30,
+      total_bytes=total, total_gib=round(total / 2**30, 3), fits=total <= hbm_gib * 2**30,
       flops=flops, bytes_accessed=accessed, gflops_per_image=round(flops / images / 1e9, 1),
-      roofline_ms=round(1e3 * max(flops / (chip['bf16_tflops'] * 1e12),
-                                  accessed / (chip['hbm_gbps'] * 1e9)), 2))
+      roofline_ms=round(1e3 * max(flops / (peak * 1e12), accessed / (bandwidth * 1e9)), 2))
   return report
 
 
 def max_batch(config, topology_name: str, devices, start: int, emit) -> int:
-  """The largest per-chip train batch that fits (0 if not even one does)."""
+  """The largest per-device train batch that fits (0 if not even one does)."""
   reports = {}
 
   def fit(b: int) -> bool:
     if b == 0:
       return True
     if b not in reports:
-      reports[b] = compile_report('train', config, topology_name, devices, per_chip_batch=b)
+      reports[b] = compile_report('train', config, topology_name, devices, per_device_batch=b)
       emit(dict(reports[b], search='max_batch'))
     return reports[b]['fits']
 
@@ -164,7 +170,7 @@ def max_batch(config, topology_name: str, devices, start: int, emit) -> int:
     if fit(high):  # memory is close to linear in the batch: extrapolate from two points
       per_image = (reports[high]['total_bytes'] - reports[low]['total_bytes']) / low
       fixed = reports[low]['total_bytes'] - per_image * low
-      hbm = CHIPS[chip_of(topology_name)]['hbm_gib'] * 2**30
+      hbm = reports[low]['hbm_gib'] * 2**30
       guess = int((hbm - fixed) // max(per_image, 1.0))
       low, high = high, high + 1
       if guess > low:
@@ -185,7 +191,7 @@ def main(argv):
   chip_of(FLAGS.topology)
   topology = topologies.get_topology_desc(topology_name=FLAGS.topology, platform='tpu')
   devices = topology.devices
-  per_chip = FLAGS.per_chip_batch or max(1, config.batch_size // len(devices))
+  per_device = FLAGS.per_device_batch or max(1, config.batch_size // len(devices))
   size = [int(n) for n in FLAGS.eval_size] if FLAGS.eval_size else list(config.augment.crop_size)
 
   def emit(report):
@@ -194,15 +200,15 @@ def main(argv):
   for program in FLAGS.programs:
     if program not in ('train', 'eval'):
       raise app.UsageError(f'--programs: train and/or eval, not {program!r}.')
-    shape = dict(per_chip_batch=per_chip) if program == 'train' else dict(eval_size=size)
+    shape = dict(per_device_batch=per_device) if program == 'train' else dict(eval_size=size)
     emit(compile_report(program, config, FLAGS.topology, devices, **shape))
   if FLAGS.max_batch:
     for remat in (False, True):
       config.model.remat = remat
-      best = max_batch(config, FLAGS.topology, devices, per_chip, emit)
+      best = max_batch(config, FLAGS.topology, devices, per_device, emit)
       emit(dict(program='train', search='result', topology=FLAGS.topology, remat=remat,
                 crop=list(config.augment.crop_size), dtype=config.model.dtype,
-                max_per_chip_batch=best))
+                max_per_device_batch=best))
 
 
 if __name__ == '__main__':

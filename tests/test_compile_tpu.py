@@ -2,7 +2,7 @@
 
 libtpu (the `[tpu]` extra, part of `[test]`) compiles for abstract TPU devices on a CPU-only
 machine; benchmarks/compile_tpu.py does that for a config and reports XLA's figures per
-chip. A change that breaks TPU compilation (an op libtpu rejects, a sharding pmap cannot
+device. A change that breaks TPU compilation (an op libtpu rejects, a sharding pmap cannot
 lower) fails here, not on a user's pod.
 """
 
@@ -42,11 +42,11 @@ def test_tiny_train_and_eval_steps_compile_for_a_v5e_topology(tmp_path):
   reports = {r['program']: r for r in map(json.loads, result.stdout.splitlines())}
   train, evaluation = reports['train'], reports['eval']
   for report in (train, evaluation):
-    assert report['device_kind'].startswith('TPU v5') and report['chips'] == 4
+    assert report['device_kind'].startswith('TPU v5') and report['devices'] == report['chips'] == 4
     assert report['fits'] and 0 < report['total_bytes'] < 2**30
     assert report['flops'] > 0 and report['bytes_accessed'] > 0
 
-  # Per chip, the train step holds the whole state and its batch, and donates the state.
+  # Per device, the train step holds the whole state and its batch, and donates the state.
   config = tiny_config.get_config()
   model = build_model(config.model, bn_axis_name='batch')
   tx = optax.sgd(0.01, momentum=0.9)
@@ -54,8 +54,8 @@ def test_tiny_train_and_eval_steps_compile_for_a_v5e_topology(tmp_path):
   state = jax.eval_shape(lambda: train_step.create_train_state(
       model, tx, jax.random.PRNGKey(0), (1, height, width, 3)))
   state_bytes = _tree_bytes((state.params, state.opt_state, state.batch_stats))
-  batch_bytes = train['per_chip_batch'] * height * width * (3 + 1) * 4
-  assert train['per_chip_batch'] == config.batch_size // 4
+  batch_bytes = train['per_device_batch'] * height * width * (3 + 1) * 4
+  assert train['per_device_batch'] == config.batch_size // 4
   assert train['argument_bytes'] >= state_bytes + batch_bytes
   assert train['alias_bytes'] >= state_bytes
   # Forward and backward: at least twice the eval step's FLOPs per image at the same size.
