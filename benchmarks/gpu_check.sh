@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The prepared GPU check (benchmarks/gpu_check.py), in at most 8 minutes on an H100 / H200.
+#
+#   bash benchmarks/gpu_check.sh --out=DIR          # on the GPU machine
+#   bash benchmarks/gpu_check.sh --smoke --out=DIR  # anywhere: a tiny model, to know it runs
+#
+# The GPU machine has jax, flax, optax, orbax and PyTorch but not ml-collections or
+# mmsegmentation; nothing can be downloaded there. Fetch their wheels here first
+# (`bash benchmarks/gpu_check.sh --fetch_wheels`, into .whl/, git-ignored) and carry .whl:
+# they are installed into /tmp/site, the machine's own packages untouched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "--fetch_wheels" ]]; then
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl ml-collections mmsegmentation==1.2.2 mmengine==0.10.7 mmcv-lite==2.1.0 ftfy \
+    addict yapf termcolor prettytable wcwidth platformdirs
+  exit 0
+fi
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import ml_collections, mmseg' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+exec timeout 480 python3 benchmarks/gpu_check.py "$@"
