@@ -59,9 +59,16 @@ def test_cpu_kernels_give_the_plain_model_same_parameters_outputs_and_gradients(
   np.testing.assert_allclose(value, plain_value, rtol=1e-5)
   grads = flax.traverse_util.flatten_dict(grads, sep='/')
   plain_grads = flax.traverse_util.flatten_dict(plain_grads, sep='/')
-  worst = max((np.abs(grads[k] - g).max() / np.abs(g).max(), k) for k, g in plain_grads.items()
-              if np.abs(g).max() > 0)
-  assert worst[0] <= 1e-3, worst
+  errors = {k: np.abs(grads[k] - g).max() / np.abs(g).max() for k, g in plain_grads.items()
+            if np.abs(g).max() > 0}
+  # The 1x1 bin's BatchNorm sees 2 values per channel (one per image): its normalised
+  # output is +-1 whatever their difference d, and its gradient scales with 1/|d|, so
+  # rounding in d is amplified there. Measured 1.9e-3 on a VM without AVX-512, below
+  # 1e-3 with it; every other leaf within 1e-5.
+  bin1 = [k for k in errors if k.startswith('decode_head/ppm/branch0/')]
+  assert bin1 and max(errors[k] for k in bin1) <= 1e-2, {k: errors[k] for k in bin1}
+  worst = max((e, k) for k, e in errors.items() if k not in bin1)
+  assert worst[0] <= 1e-4, worst
 
 
 @pytest.mark.parametrize('align_corners', [False, True])
