@@ -142,7 +142,8 @@ def resize_image_pil(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-  """[H, W, 3] 0-255 RGB -> float32, normalised as the model was trained (spec)."""
+  """[..., 3] 0-255 RGB -> float32, normalised as the model was trained (spec); numpy
+  arrays or traced jax arrays (psp_jax.export traces it into its artifacts)."""
   return (image.astype(np.float32) - np.float32(spec.MEAN_RGB)) / np.float32(spec.STDDEV_RGB)
 
 

@@ -1,7 +1,7 @@
 """A trained PSPNet outside JAX: StableHLO (jax.export) and a TF SavedModel (jax2tf).
 
 Both artifacts hold the variables as constants and take uint8 RGB images, [B, H, W, 3],
-normalised inside (spec.MEAN_RGB / STDDEV_RGB), for any batch size B at the H x W they
+normalised inside (inference.normalize), for any batch size B at the H x W they
 were exported for; they return the label map [B, H, W] int32 and the logits [B, H, W, K]
 float32 at the input size (`PSPNet.segment`). H and W are fixed because the model's
 resize and adaptive-pooling weights are tables computed from the static sizes (that is
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psp_jax import spec
+from psp_jax import inference
 
 FORMATS = ('stablehlo', 'savedmodel')
 
@@ -22,8 +22,8 @@ FORMATS = ('stablehlo', 'savedmodel')
 def serving_function(model, variables: Any) -> Callable[[jnp.ndarray], dict[str, jnp.ndarray]]:
   """uint8 [B, H, W, 3] -> {'label_map': [B, H, W] int32, 'logits': [B, H, W, K] float32}."""
   def serve(images):
-    x = (images.astype(jnp.float32) - jnp.asarray(spec.MEAN_RGB)) / jnp.asarray(spec.STDDEV_RGB)
-    logits = model.apply(variables, x, method='segment').astype(jnp.float32)
+    logits = model.apply(variables, inference.normalize(images), method='segment')
+    logits = logits.astype(jnp.float32)
     return {'label_map': jnp.argmax(logits, axis=-1).astype(jnp.int32), 'logits': logits}
   return serve
 
