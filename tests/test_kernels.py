@@ -86,3 +86,37 @@ def test_blockwise_loss_equals_the_plain_loss(align_corners):
   np.testing.assert_allclose(block_value, value, rtol=1e-5)
   assert float(block_hits) == float(hits) > 0
   np.testing.assert_allclose(block_grad, grad, atol=1e-5 * float(np.abs(grad).max()))
+
+
+def test_export_tables_are_resamples_at_symbolic_sizes():
+  from psp_jax import resample
+  from psp_jax.kernels import shape_polymorphic
+
+  def tables(source, target):  # only the (symbolic) lengths of the two vectors are used
+    n_in, n_out = source.shape[0], target.shape[0]
+    return ([shape_polymorphic.adaptive_pool_matrix(n_in, n) for n in (1, 2, 3, 6)]
+            + [shape_polymorphic.bilinear_matrix(n_in, n_out, ac) for ac in (False, True)])
+
+  sizes = jax.export.symbolic_shape('i, o')
+  run = jax.export.export(jax.jit(tables))(
+      *(jax.ShapeDtypeStruct((n,), jnp.float32) for n in sizes)).call
+  for n_in, n_out in [(1, 1), (1, 7), (5, 3), (7, 49), (13, 97), (64, 512), (65, 513),
+                      (97, 769), (257, 2049)]:
+    got = [np.asarray(t) for t in run(np.zeros(n_in, np.float32), np.zeros(n_out, np.float32))]
+    for g, n in zip(got[:4], (1, 2, 3, 6)):  # integer bins and one division: exact
+      np.testing.assert_array_equal(g, resample.adaptive_pool_matrix(n_in, n))
+    # XLA:CPU contracts the source coordinate's (dst + 0.5) * scale - 0.5 into one fused
+    # multiply-add, which moves it (and the fractions) by up to one float32 ulp of n_in.
+    for g, ac in zip(got[4:], (False, True)):
+      np.testing.assert_allclose(g, resample.bilinear_matrix(n_in, n_out, ac), rtol=0,
+                                 atol=np.finfo(np.float32).eps * n_in, err_msg=(n_in, n_out, ac))
+
+
+def test_export_kernels_give_the_plain_model():
+  from random_variables import random_variables
+  images = np.random.RandomState(2).randn(1, 61, 75, 3).astype(np.float32)
+  plain, export = (build_model(dict(TINY, kernels=mode)) for mode in ('xla', 'export'))
+  variables = random_variables(plain)
+  want, got = (jax.jit(lambda v, x, m=m: m.apply(v, x, method='segment'))(variables, images)
+               for m in (plain, export))
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * float(np.abs(want).max()))

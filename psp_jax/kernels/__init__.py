@@ -1,13 +1,17 @@
-"""The one seam for speed: rewrites that make XLA:CPU fast, chosen by `config.model.kernels`.
+"""The one seam for speed and export: rewrites chosen by `config.model.kernels`.
 
 Each rewrite equals its plain counterpart (psp_jax/resample.py, flax's nn.Conv, the model's
 plain pyramid, losses.py) up to float rounding, and none changes the parameter tree, so
 checkpoints and converters are the same in every mode. tests/test_kernels.py holds each
-to its plain version; the mmseg parity tests run in both modes.
+to its plain version; the mmseg parity tests run in 'xla' and 'cpu'.
 
-  'xla'   plain JAX everywhere: XLA's own lowering (GPU, TPU).
-  'cpu'   the rewrites below.
-  'auto'  'cpu' when the computation is placed on CPU devices, else 'xla'.
+  'xla'     plain JAX everywhere: XLA's own lowering (GPU, TPU).
+  'cpu'     the rewrites below.
+  'auto'    'cpu' when the computation is placed on CPU devices, else 'xla'.
+  'export'  the plain ops for inputs of any size, as psp_jax.export traces them: the
+            resizing and pooling tables computed in the graph from the (symbolic) input
+            size, and the stem's max pool as strided slices (jax2onnx writes
+            lax.reduce_window as a 4-D MaxPool, which onnxruntime refuses).
 """
 
 import dataclasses
@@ -16,9 +20,10 @@ from typing import Callable
 import jax
 
 from psp_jax import errors, resample
-from psp_jax.kernels import conv, cross_entropy, keep, pooling, pyramid, resize
+from psp_jax.kernels import (conv, cross_entropy, keep, pooling, pyramid, resize,
+                             shape_polymorphic)
 
-MODES = ('auto', 'xla', 'cpu')
+MODES = ('auto', 'xla', 'cpu', 'export')
 
 
 def resolve(mode: str, platform: str | None = None) -> str:
@@ -53,6 +58,9 @@ _KERNELS = {
                    pyramid_bottleneck=pyramid.PyramidBottleneck,
                    adaptive_avg_pools=pyramid.adaptive_avg_pools,
                    cross_entropy_sums=cross_entropy.upsampled_cross_entropy_sums),
+    'export': Kernels(max_pool=pooling.max_pool,
+                      resize_bilinear=shape_polymorphic.resize_bilinear,
+                      adaptive_avg_pools=shape_polymorphic.adaptive_avg_pools),
 }
 
 
