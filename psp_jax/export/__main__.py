@@ -1,12 +1,12 @@
 r"""Exports a trained PSPNet: StableHLO (jax.export) or a TF SavedModel (jax2tf).
 
   python -m psp_jax.export --config=configs/ade20k.py --checkpoint=DIR \
-      --format=stablehlo --size=512,512 --out=pspnet.stablehlo
+      --format=stablehlo --out=pspnet.stablehlo
   python -m psp_jax.export --config=configs/quickstart.py --workdir=W \
-      --format=savedmodel --size=128,128 --out=pspnet_savedmodel/
+      --format=savedmodel --out=pspnet_savedmodel/
 
-The artifact takes uint8 RGB images [B, H, W, 3] (any B, H x W = --size) and returns the
-label map and the logits (psp_jax/export/__init__.py).
+The artifact takes uint8 RGB images [B, H, W, 3] of any batch size, height and width and
+returns the label map and the logits (psp_jax/export/__init__.py).
 """
 
 import os
@@ -22,9 +22,8 @@ config_flags.DEFINE_config_file('config', None, 'Config file whose `model` the v
 flags.DEFINE_string('checkpoint', None, 'Variables written by psp_jax.convert.')
 flags.DEFINE_string('workdir', None, 'Training workdir (its best checkpoint), instead.')
 flags.DEFINE_enum('format', None, export.FORMATS, 'Artifact to write.')
-flags.DEFINE_list('size', None, 'Input height,width the artifact takes.')
 flags.DEFINE_string('out', None, 'File (stablehlo) or folder (savedmodel) to write.')
-flags.mark_flags_as_required(['config', 'format', 'size', 'out'])
+flags.mark_flags_as_required(['config', 'format', 'out'])
 FLAGS = flags.FLAGS
 
 
@@ -33,10 +32,6 @@ def main(argv):
     raise errors.InputError(f'unexpected arguments: {argv[1:]}')
   if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):
     raise errors.InputError('give exactly one of --checkpoint and --workdir.')
-  try:
-    height, width = (int(n) for n in FLAGS.size)
-  except ValueError:
-    raise errors.InputError(f'--size={",".join(FLAGS.size)}: give height,width, e.g. 512,512.')
   if os.path.exists(FLAGS.out):
     raise errors.InputError(f'--out={FLAGS.out} exists; give a new path.')
   config_check.check_config(FLAGS.config)
@@ -48,10 +43,11 @@ def main(argv):
                         FLAGS.checkpoint or FLAGS.workdir)
   if FLAGS.format == 'stablehlo':
     with open(FLAGS.out, 'wb') as f:
-      f.write(export.export_stablehlo(model, variables, height, width))
+      f.write(export.export_stablehlo(model, variables))
   else:
-    export.export_savedmodel(model, variables, height, width, FLAGS.out)
-  print(f'Wrote {FLAGS.format} for {height}x{width} uint8 images (any batch) to {FLAGS.out}')
+    export.export_savedmodel(model, variables, FLAGS.out)
+  print(f'Wrote {FLAGS.format} for uint8 images of any batch size and height x width '
+        f'to {FLAGS.out}')
 
 
 if __name__ == '__main__':
