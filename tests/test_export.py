@@ -62,6 +62,21 @@ def test_savedmodel_serves_uint8_images_of_any_size_and_matches_the_model(traine
     _assert_same({k: v.numpy() for k, v in serve(images=tf.constant(images)).items()}, reference)
 
 
+def test_onnx_runs_in_onnxruntime_at_any_batch_and_size_and_matches_the_model(trained, tmp_path):
+  import onnx  # pylint: disable=g-import-not-at-top
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  model, variables, cases = trained
+  path = str(tmp_path / 'model.onnx')
+  export.export_onnx(model, variables, path)
+  shape = onnx.load(path).graph.input[0].type.tensor_type.shape
+  assert [d.dim_value or d.dim_param for d in shape.dim] == ['b', 'h', 'w', 3]
+  session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+  for images, reference in cases:
+    label_map, logits = session.run(['label_map', 'logits'], {'images': images})
+    assert label_map.dtype == np.int32 and logits.dtype == np.float32
+    _assert_same({'label_map': label_map, 'logits': logits}, reference)
+
+
 def test_cli_exports_a_checkpoint_and_refuses_bad_input_in_one_line(trained, tmp_path):
   model, variables, cases = trained
   checkpoint.save_variables(str(tmp_path / 'variables'), variables)

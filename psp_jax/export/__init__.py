@@ -1,4 +1,4 @@
-"""A trained PSPNet outside JAX: StableHLO (jax.export) and a TF SavedModel (jax2tf).
+"""A trained PSPNet outside JAX: StableHLO (jax.export), TF SavedModel (jax2tf), ONNX.
 
 Every artifact holds the variables as constants and takes uint8 RGB images [B, H, W, 3]
 of any batch size B, height H and width W (all three symbolic), normalised inside
@@ -7,7 +7,7 @@ of any batch size B, height H and width W (all three symbolic), normalised insid
 'export' kernels (psp_jax/kernels/__init__.py): the plain operations, with the bilinear
 and adaptive-pooling tables computed in the graph from the input's size instead of from
 static NumPy tables, so one artifact serves every image size with the same bins and
-interpolation weights as PyTorch.
+interpolation weights as PyTorch; onnxruntime runs the ONNX model (jax2onnx, opset 23).
 """
 
 from typing import Any, Callable
@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psp_jax import inference
+from psp_jax import errors, inference
 
-FORMATS = ('stablehlo', 'savedmodel')
+FORMATS = ('stablehlo', 'savedmodel', 'onnx')
 
 
 def serving_function(model, variables: Any) -> Callable[[jnp.ndarray], dict[str, jnp.ndarray]]:
@@ -62,3 +62,18 @@ def export_savedmodel(model, variables: Any, path: str) -> None:
       input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name='images')])
   tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
 
+
+def export_onnx(model, variables: Any, path: str) -> None:
+  """An ONNX model (opset 23, one file) at `path`: input 'images' uint8 [b, h, w, 3],
+  outputs 'label_map' and 'logits' (dimensions b, h, w named in the graph)."""
+  try:
+    import jax2onnx  # pylint: disable=g-import-not-at-top
+    import onnx  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.InputError(
+        'Exporting ONNX needs jax2onnx and onnx: pip install -e ".[export]"') from e
+  # The outputs are the dict's values in key order, as jax flattens it.
+  proto = jax2onnx.to_onnx(serving_function(model, variables), [_input_spec()],
+                           model_name='pspnet', input_names=['images'],
+                           output_names=['label_map', 'logits'])
+  onnx.save_model(proto, path)

@@ -1,9 +1,11 @@
-r"""Exports a trained PSPNet: StableHLO (jax.export) or a TF SavedModel (jax2tf).
+r"""Exports a trained PSPNet: StableHLO (jax.export), a TF SavedModel (jax2tf) or ONNX.
 
   python -m psp_jax.export --config=configs/ade20k.py --checkpoint=DIR \
       --format=stablehlo --out=pspnet.stablehlo
   python -m psp_jax.export --config=configs/quickstart.py --workdir=W \
       --format=savedmodel --out=pspnet_savedmodel/
+  python -m psp_jax.export --config=configs/ade20k.py --checkpoint=DIR \
+      --format=onnx --out=pspnet.onnx
 
 The artifact takes uint8 RGB images [B, H, W, 3] of any batch size, height and width and
 returns the label map and the logits (psp_jax/export/__init__.py).
@@ -22,7 +24,7 @@ config_flags.DEFINE_config_file('config', None, 'Config file whose `model` the v
 flags.DEFINE_string('checkpoint', None, 'Variables written by psp_jax.convert.')
 flags.DEFINE_string('workdir', None, 'Training workdir (its best checkpoint), instead.')
 flags.DEFINE_enum('format', None, export.FORMATS, 'Artifact to write.')
-flags.DEFINE_string('out', None, 'File (stablehlo) or folder (savedmodel) to write.')
+flags.DEFINE_string('out', None, 'File (stablehlo, onnx) or folder (savedmodel) to write.')
 flags.mark_flags_as_required(['config', 'format', 'out'])
 FLAGS = flags.FLAGS
 
@@ -44,8 +46,10 @@ def main(argv):
   if FLAGS.format == 'stablehlo':
     with open(FLAGS.out, 'wb') as f:
       f.write(export.export_stablehlo(model, variables))
-  else:
+  elif FLAGS.format == 'savedmodel':
     export.export_savedmodel(model, variables, FLAGS.out)
+  else:
+    export.export_onnx(model, variables, FLAGS.out)
   print(f'Wrote {FLAGS.format} for uint8 images of any batch size and height x width '
         f'to {FLAGS.out}')
 
