@@ -71,7 +71,8 @@ def export_onnx(model, variables: Any, path: str) -> None:
     import onnx  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise errors.InputError(
-        'Exporting ONNX needs jax2onnx and onnx: pip install -e ".[export]"') from e
+        'Exporting ONNX needs jax2onnx and onnx: pip install -e ".[export]" '
+        '&& pip install --no-deps jax2onnx==0.17.1') from e
   # The outputs are the dict's values in key order, as jax flattens it.
   proto = jax2onnx.to_onnx(serving_function(model, variables), [_input_spec()],
                            model_name='pspnet', input_names=['images'],
