@@ -22,6 +22,7 @@ prediction and one above it).
 
 import json
 import os
+import sys
 import time
 
 # Compile only: JAX's own devices stay the CPU's, and libtpu does not ask a GCE metadata
@@ -29,6 +30,8 @@ import time
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # beside another libtpu process
+# Recipes import each other (configs/cityscapes.py imports configs/voc12_aug.py).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
@@ -43,7 +46,7 @@ from psp_jax.models.pspnet import build_model  # pylint: disable=wrong-import-po
 # Per chip: HBM (GiB), peak dense bf16 TFLOP/s, HBM bandwidth (GB/s), from Google Cloud's
 # TPU version pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), 2026.
 CHIPS = {
-    'v4': dict(hbm_gib=32, bf16_tflops=275, hbm_gbps=1228),
+    'v4': dict(hbm_gib=32, bf16_tflops=275, hbm_gbps=1200),
     'v5e': dict(hbm_gib=16, bf16_tflops=197, hbm_gbps=819),
     'v5p': dict(hbm_gib=95, bf16_tflops=459, hbm_gbps=2765),
     'v6e': dict(hbm_gib=32, bf16_tflops=918, hbm_gbps=1640),
