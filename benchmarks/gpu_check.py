@@ -30,12 +30,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psp_jax import config as base_config  # pylint: disable=wrong-import-position
-from psp_jax import build_model, kernels, train_step  # pylint: disable=wrong-import-position
+from psp_jax import build_model  # pylint: disable=wrong-import-position
 
 # Dense bf16 peak TFLOP/s by device kind (NVIDIA's H100 / H200 SXM data sheets; the
 # "with sparsity" figures are twice these).
@@ -166,19 +165,6 @@ def mmseg_eval_fn(mmseg, batch, size):
   return run
 
 
-def _train_compiled(model, batch, size, num_classes):
-  """(compiled step, state, data) of the bf16 train step at [batch, size, size]."""
-  tx = optax.sgd(0.01, momentum=0.9)
-  state = train_step.create_train_state(model, tx, jax.random.PRNGKey(0), (1, size, size, 3))
-  rng = np.random.RandomState(1)
-  data = {'image': jnp.asarray(rng.randn(batch, size, size, 3), jnp.float32),
-          'label': jnp.asarray(rng.randint(0, num_classes, (batch, size, size)), jnp.int32)}
-  step = jax.jit(functools.partial(
-      train_step.train_step, learning_rate_fn=lambda s: 0.01, axis_name=None,
-      cross_entropy_sums=kernels.get(model.kernels).cross_entropy_sums), donate_argnums=(0,))
-  return step.lower(state, data).compile(), state, data
-
-
 def _total_bytes(compiled) -> int:
   m = compiled.memory_analysis()
   return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
@@ -195,7 +181,7 @@ def max_batch(model, size, num_classes, known: dict[int, int]) -> dict:
   guess = int((limit - (m1 - per_image * b1)) // per_image)
   while guess > 0:
     try:
-      compiled, state, data = _train_compiled(model, guess, size, num_classes)
+      compiled, state, data, _ = benchmark.train_compiled(model, guess, size, num_classes)
       jax.block_until_ready(compiled(state, data))
       return {'max_batch': guess, 'bytes_per_image': per_image, 'bytes_limit': limit}
     except Exception as error:  # pylint: disable=broad-except
@@ -266,9 +252,7 @@ def main():
   memory = {False: {}, True: {}}
   model = build_model(config)
   for batch in train_batches:
-    start = time.perf_counter()
-    compiled, state, data = _train_compiled(model, batch, size, num_classes)
-    compile_s = time.perf_counter() - start
+    compiled, state, data, compile_s = benchmark.train_compiled(model, batch, size, num_classes)
     memory[False][batch] = _total_bytes(compiled)
     holder = [state]
 
@@ -308,7 +292,8 @@ def main():
     model = build_model(config, remat=remat)
     for batch in train_batches:
       if batch not in memory[remat]:
-        memory[remat][batch] = _total_bytes(_train_compiled(model, batch, size, num_classes)[0])
+        compiled = benchmark.train_compiled(model, batch, size, num_classes)[0]
+        memory[remat][batch] = _total_bytes(compiled)
     report[f'max_batch_remat_{remat}'] = max_batch(model, size, num_classes, memory[remat])
     progress(f'largest batch, remat {remat}')
   if not limited:
