@@ -63,7 +63,9 @@ def create_learning_rate_fn(config: Mapping[str, Any], total_steps: int,
 
   def poly(step):
     progress = jnp.minimum(as_float(step) - warmup, span) / span if span else 1.0
-    return (start - floor) * (1 - progress) ** power + floor
+    # Under jit XLA divides by the constant span as a multiply by its reciprocal, so at the
+    # last step progress can exceed 1 by an ulp: a negative base to a fractional power is NaN.
+    return (start - floor) * jnp.maximum(1 - progress, 0.0) ** power + floor
 
   if not warmup:
     return poly

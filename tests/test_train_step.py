@@ -137,6 +137,22 @@ def test_mmseg_schedule_is_mmengines_linear_then_poly(total_steps, warmup_steps)
     optimizer.create_learning_rate_fn(dict(config, warmup_steps=total_steps), total_steps)
 
 
+@pytest.mark.parametrize('schedule', ['mmseg', 'semseg'])
+def test_every_step_of_the_jitted_schedule_has_a_finite_rate(schedule):
+  """Jitted, as the train step computes it: 800 steps (the quickstart's) once gave NaN at the
+  last step, 1 - 749 * (1 / 749) < 0 to the power 0.9, and NaN parameters after it."""
+  config = dict(OPTIMIZER, schedule=schedule, warmup_steps=50 * (schedule == 'mmseg'),
+                end_learning_rate=1e-4 * (schedule == 'mmseg'))
+  for total_steps in (60, 61, 800, 1201):
+    schedule_fn = optimizer.create_learning_rate_fn(config, total_steps)
+    rates = np.asarray(jax.jit(jax.vmap(schedule_fn))(jnp.arange(total_steps)))
+    assert np.isfinite(rates).all() and (rates > 0).all(), total_steps
+    np.testing.assert_allclose(rates, [schedule_fn(s) for s in range(total_steps)], rtol=1e-5,
+                               atol=1e-8)
+  if schedule == 'mmseg':
+    assert rates[-1] == pytest.approx(1e-4)
+
+
 def test_semseg_schedule_counts_iterations_from_one_after_each_step():
   """semseg sets poly_learning_rate(base, i + 1, max_iter) after step i: step t trains at
   base * (1 - t / max_iter)**0.9, from base at step 0 to base * (1 / max_iter)**0.9."""
