@@ -95,9 +95,11 @@ CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 1
                       (0, 80, 100), (0, 0, 230), (119, 11, 32))
 
 # psp_jax.datasets.synthetic_scenes, the embedded default.
-SCENES_CLASS_NAMES = ('sky', 'building', 'water', 'road', 'pavement', 'boat', 'car', 'person')
-SCENES_PALETTE = ((70, 130, 180), (70, 70, 70), (0, 60, 200), (128, 64, 128), (244, 35, 232),
-                  (0, 200, 200), (0, 0, 142), (220, 20, 60))  # boat and car in different hues
+SCENES_CLASS_NAMES = ('sky', 'building', 'water', 'road', 'quay', 'sidewalk', 'boat', 'car',
+                      'buoy', 'bollard')
+SCENES_PALETTE = ((70, 130, 180), (70, 70, 70), (0, 60, 200), (128, 64, 128), (152, 251, 152),
+                  (244, 35, 232), (0, 200, 200), (0, 0, 142), (250, 170, 30),
+                  (220, 220, 0))  # each pair of look-alikes in different hues
 
 _BY_DATASET = {
     'ade20k': (ADE20K_CLASS_NAMES, ADE20K_PALETTE),

@@ -81,9 +81,9 @@ def test_every_shipped_config_passes_the_check(module):
 
 def test_num_classes_other_than_the_datasets_is_refused(tmp_path):
   config = tiny_config(str(tmp_path / 'tfds'), steps=2)
-  config.model.num_classes = 5  # synthetic scenes have 8: labels 5..7 would be out of range
+  config.model.num_classes = 5  # synthetic scenes have 10: labels 5..9 would be out of range
   with pytest.raises(ValueError, match=r'config\.model\.num_classes=5, but synthetic_scenes/tiny '
-                     r'has 8 classes .* Set --config\.model\.num_classes=8'):
+                     r'has 10 classes .* Set --config\.model\.num_classes=10'):
     train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   assert not (tmp_path / 'workdir').exists()
 
@@ -103,7 +103,7 @@ def test_mistyped_config_flag_is_one_line_naming_the_closest_key(tmp_path):
 @pytest.mark.parametrize('args, message', [
     (['--config=configs/no_such.py'], 'error: --config=configs/no_such.py: no such file'),
     (['--config=configs/quickstart.py', '--config.model.num_classes=0'],
-     'error: config.model.num_classes=0, but synthetic_scenes/default has 8 classes'),
+     'error: config.model.num_classes=0, but synthetic_scenes/default has 10 classes'),
     (['--config=configs/quickstart.py', '--config.model.depth=51'],
      'error: config.model.depth=51: use one of [18, 34, 50, 101, 152].'),
     (['--config=configs/quickstart.py', '--workdir={file}/workdir'],
@@ -195,7 +195,7 @@ class BadExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """psp_jax's own format (features.py): per split, one good example and four bad ones.
 
   A bad example holds what our builders refuse to write but a dataset prepared otherwise
-  may: labels outside synthetic_scenes' 8 classes, a label of another size than its image,
+  may: labels outside synthetic_scenes' 10 classes, a label of another size than its image,
   or an image file that does not decode. Four, so that each of the 4 simulated devices'
   training shards has one.
   """
@@ -221,7 +221,7 @@ class BadExamples(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       bad = {'image': _encode(image, 'JPEG'), 'segmentation_mask': label.copy(),
              'file_name': f'bad_{index}.jpg'}
       if self.builder_config.name == 'label_values':
-        bad['segmentation_mask'][1, :3, 0] = (8, 200, 8)
+        bad['segmentation_mask'][1, :3, 0] = (12, 200, 12)
       elif self.builder_config.name == 'label_size':
         bad['segmentation_mask'] = label[:, :10]
       else:
@@ -237,7 +237,7 @@ def _bad_examples(tmp_path, name):
 
 def _readers(builder):
   """Each way the pipeline reads a split: training, and evaluation (train.py and evaluate.py)."""
-  decode = checks.decoder(synthetic_scenes)  # 8 classes, our format
+  decode = checks.decoder(synthetic_scenes)  # 10 classes, our format
   augment = dict(quickstart.get_config().augment, crop_size=(8, 8))
 
   def batch():
@@ -254,7 +254,7 @@ def test_label_values_outside_the_classes_name_the_file_and_the_values(tmp_path)
   builder = _bad_examples(tmp_path, 'label_values')
   for name, read in _readers(builder).items():
     with pytest.raises(tf.errors.InvalidArgumentError, match=(
-        r'bad_\d\.jpg: label values \[8 200\] are neither class ids in \[0, 8\) nor the '
+        r'bad_\d\.jpg: label values \[12 200\] are neither class ids in \[0, 10\) nor the '
         r'ignore label 255')):
       read()
       pytest.fail(f'{name} read the bad labels')
@@ -351,7 +351,7 @@ def test_resuming_a_workdir_of_another_model_lists_the_shapes(tmp_path):
   with pytest.raises(ValueError, match=(
       rf'The checkpoint to resume, {re.escape(workdir)}/checkpoints \(step 1\), does not fit '
       r'the model config\.model builds \(6 arrays\):\n(.*\n)*  '
-      r'params/decode_head/conv_seg/kernel: checkpoint \(1, 1, 8, 8\), model \(1, 1, 16, 8\)\n'
+      r'params/decode_head/conv_seg/kernel: checkpoint \(1, 1, 8, 10\), model \(1, 1, 16, 10\)\n'
       r'(.*\n)*Train with the config in its config\.json')):
     train_loop.train_and_evaluate(other, workdir)
   # Found before the run wrote anything: the config it was trained with is still there.
@@ -370,7 +370,7 @@ def test_evaluate_with_a_checkpoint_of_another_model_lists_the_shapes(tmp_path):
   assert (status, 'Traceback' in stderr) == (2, False)
   last = stderr.strip().splitlines()[-1]
   assert last.startswith(f'error: {path} does not fit the model config.model builds (6 arrays):')
-  assert 'params/decode_head/conv_seg/kernel: checkpoint (1, 1, 8, 8), model (1, 1, 16, 8)' in last
+  assert 'params/decode_head/conv_seg/kernel: checkpoint (1, 1, 8, 10), model (1, 1, 16, 10)' in last
   assert not (tmp_path / 'tfds').exists()  # stopped before reading any data
 
 

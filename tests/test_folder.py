@@ -147,19 +147,19 @@ def test_images_of_any_mode_become_rgb(tmp_path, mode):
 def test_exif_orientation_is_applied_and_the_label_must_match_the_shown_image(tmp_path):
   root = write_folder(tmp_path / 'data', counts=(('train', 1), ('val', 1)))
   image, label = synthetic_scenes.render_scene(0)
-  image, label = image[:, :100], label[:, :100]  # 128 x 100, not square
+  image, label = image[:, :100], label[:, :100]  # 48 x 100
   exif = Image.Exif()
-  exif[0x0112] = 6  # shown rotated 90 degrees clockwise: 100 x 128
+  exif[0x0112] = 6  # shown rotated 90 degrees clockwise: 100 x 48
   Image.fromarray(image).save(root / 'images/train/scene0.jpg', exif=exif, quality=95)
   palette_png(np.rot90(label, -1).copy(), root / 'annotations/train/scene0.png')
   image_stored, label_stored = stored(prepare(root, tmp_path / 'tfds'))['images/train/scene0.jpg']
-  assert image_stored.shape == (100, 128, 3)
+  assert image_stored.shape == (100, 48, 3)
   np.testing.assert_array_equal(label_stored, np.rot90(label, -1))
 
   palette_png(label, root / 'annotations/train/scene0.png')  # the stored, unrotated size
   with pytest.raises(errors.InputError, match=(
-      r'annotations/train/scene0\.png is 128x100 \(height x width\) but .*images/train/'
-      r'scene0\.jpg is 100x128 after its EXIF orientation')):
+      r'annotations/train/scene0\.png is 48x100 \(height x width\) but .*images/train/'
+      r'scene0\.jpg is 100x48 after its EXIF orientation')):
     prepare(root, tmp_path / 'tfds')
 
 
@@ -196,12 +196,12 @@ def test_each_bad_file_is_one_error_naming_it(tmp_path, case):
                               r'images/train/scene1\.jpg has no label'),
       'label_without_image': ('images/train/scene1.jpg', None,
                               r'annotations/train/scene1\.png has no image'),
-      'size': ('annotations/train/scene1.png', label[:100],
-               r'annotations/train/scene1\.png is 100x128 \(height x width\) but .*images/train/'
-               r'scene1\.jpg is 128x128\.'),
-      'value': ('annotations/train/scene1.png', np.where(label == 3, 9, label).astype(np.uint8),
-                r'annotations/train/scene1\.png: label values \[9\] are neither class ids in '
-                r'\[0, 8\)'),
+      'size': ('annotations/train/scene1.png', label[:, :100],
+               r'annotations/train/scene1\.png is 48x100 \(height x width\) but .*images/train/'
+               r'scene1\.jpg is 48x256\.'),
+      'value': ('annotations/train/scene1.png', np.where(label == 0, 12, label).astype(np.uint8),
+                r'annotations/train/scene1\.png: label values \[12\] are neither class ids in '
+                r'\[0, 10\)'),
       'unreadable': ('images/train/scene1.jpg', b'not a jpeg',
                      r'images/train/scene1\.jpg: not a readable image'),
   }
@@ -223,6 +223,6 @@ def test_train_without_a_root_or_with_the_wrong_class_count_says_what_to_set(tmp
   with pytest.raises(errors.InputError, match=r'needs --config\.dataset\.root=DIR'):
     train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   config.dataset.root = str(write_folder(tmp_path / 'data'))
-  with pytest.raises(errors.InputError, match=r'config\.model\.num_classes=0, but folder has 8 '
-                     r'classes .* Set --config\.model\.num_classes=8'):
+  with pytest.raises(errors.InputError, match=r'config\.model\.num_classes=0, but folder has 10 '
+                     r'classes .* Set --config\.model\.num_classes=10'):
     train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))

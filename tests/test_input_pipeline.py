@@ -116,7 +116,7 @@ def test_create_split_reads_examples_through_decode(tiny_scenes):
   train = input_pipeline.create_split(tiny_scenes, 'train', config, 1, seed=1, decode=decode)
   for ds in (train.take(3),):
     labels = np.unique(np.concatenate([b['label'].ravel() for b in ds.as_numpy_iterator()]))
-    assert set(labels) <= set(range(10, 18)) | {255} and labels.min() >= 10, labels
+    assert set(labels) <= set(range(10, 20)) | {255} and labels.min() >= 10, labels
 
 
 def _rotate(image, label, degrees):

@@ -86,10 +86,10 @@ def test_eval_metrics_predictions_and_best_checkpoint(interrupted_run):
         if value.tag.startswith('eval/prediction_'):
           images[value.tag] = tf.io.decode_png(tf.make_ndarray(value.tensor)[-1]).shape
   # Image, ground truth and prediction side by side for the first 3 validation scenes.
-  assert images == {f'eval/prediction_{i}': (128, 3 * 128, 3) for i in range(3)}
+  assert images == {f'eval/prediction_{i}': (48, 3 * 256, 3) for i in range(3)}
   metrics = interrupted_run['second']
   assert 0 <= metrics['mIoU'] <= 100 and 0 <= metrics['aAcc'] <= 100
-  assert {'IoU/boat', 'IoU/car', 'Acc/person'} <= set(metrics)
+  assert {'IoU/boat', 'IoU/car', 'Acc/buoy'} <= set(metrics)
   best, _ = _restore(interrupted_run['workdir'], 'best', interrupted_run['data_dir'], 3)
   assert best.all_steps() in ([2], [3])  # only the better of the two evaluations is kept
 
@@ -167,23 +167,23 @@ def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(interrupted_r
   config.test.resize = 'none'
   variables, step = checkpoint.load_trained_variables(interrupted_run['workdir'], 'best')
   metrics, table = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
-  # Training validated step 2 and step 3 on the same whole 128x128 scenes; the best is kept.
+  # Training validated step 2 and step 3 on the same whole 48x256 scenes; the best is kept.
   expected = interrupted_run['second'] if step == 3 else interrupted_run['first']
   assert metrics['mIoU'] == pytest.approx(expected['mIoU'], abs=1e-6)
   assert metrics['IoU/boat'] == pytest.approx(expected['IoU/boat'], nan_ok=True, abs=1e-6)
-  assert 'pavement' in table and f'mIoU {metrics["mIoU"]:.2f}' in table
+  assert 'sidewalk' in table and f'mIoU {metrics["mIoU"]:.2f}' in table
 
 
 def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from psp_jax.datasets import synthetic_scenes  # pylint: disable=g-import-not-at-top
   image, _ = synthetic_scenes.render_scene(12345)
-  Image.fromarray(image[:100, :120]).save(tmp_path / 'street.png')  # any size
-  Image.fromarray(image[:100, :120]).save(tmp_path / 'street.jpg')  # same name, other suffix
-  # A phone photo: stored 100x120 landscape, EXIF orientation 6 (shown rotated 90 degrees).
+  Image.fromarray(image[:, :120]).save(tmp_path / 'street.png')  # any size
+  Image.fromarray(image[:, :120]).save(tmp_path / 'street.jpg')  # same name, other suffix
+  # A phone photo: stored 48x120 landscape, EXIF orientation 6 (shown rotated 90 degrees).
   exif = Image.Exif()
   exif[0x0112] = 6
-  Image.fromarray(image[:100, :120]).save(tmp_path / 'phone.jpg', exif=exif)
+  Image.fromarray(image[:, :120]).save(tmp_path / 'phone.jpg', exif=exif)
   (tmp_path / 'broken.png').write_bytes(b'not an image')
   root = os.path.dirname(os.path.dirname(__file__))
   config = os.path.join(root, 'configs', 'quickstart.py')
@@ -202,11 +202,11 @@ def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_pa
       for kind in ('mask', 'overlay')]
   mask = np.asarray(Image.open(tmp_path / 'out' / 'street.png_mask.png'))
   overlay = np.asarray(Image.open(tmp_path / 'out' / 'street.png_overlay.png'))
-  assert mask.shape == (100, 120, 3)
+  assert mask.shape == (48, 120, 3)
   colours = {tuple(c) for c in mask.reshape(-1, 3)}
   assert colours <= set(synthetic_scenes.PALETTE)
-  assert overlay.shape[0] > 100 and overlay.shape[1] == 120  # the legend below the overlay
-  assert np.asarray(Image.open(tmp_path / 'out' / 'phone.jpg_mask.png')).shape == (120, 100, 3)
+  assert overlay.shape[0] > 48 and overlay.shape[1] == 120  # the legend below the overlay
+  assert np.asarray(Image.open(tmp_path / 'out' / 'phone.jpg_mask.png')).shape == (120, 48, 3)
 
 
 def test_predict_of_an_empty_folder_says_so_in_one_line(tmp_path):
@@ -232,7 +232,7 @@ def test_bucketed_evaluate_agrees_with_per_image_evaluate(interrupted_run):
   config.test.resize = 'none'
   variables, _ = checkpoint.load_trained_variables(interrupted_run['workdir'], 'best')
   per_image, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
-  config.test.size_divisor = 32  # now pmapped over the 4 simulated devices
+  config.test.size_divisor = 16  # pmapped over the 4 simulated devices; 48x256 needs no padding
   bucketed, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
   assert bucketed['aAcc'] == pytest.approx(per_image['aAcc'], abs=0.01)
   assert bucketed['mIoU'] == pytest.approx(per_image['mIoU'], abs=0.01, nan_ok=True)

@@ -1,15 +1,19 @@
-"""The embedded default dataset: procedural street/harbour scenes where context decides classes.
+"""The embedded default dataset: wide street/harbour scenes in which only global context
+decides six of the ten classes.
 
-Every scene has sky, a building on the horizon, a narrow band of ground just below the
-horizon that is either water (harbour) or road (street), and below it a wide grey
-pavement (a quay or a sidewalk, the same texture in both scenes) on which vehicles stand.
-A vehicle is drawn with the same pixels in both scenes and is surrounded by the same
-pavement, so nothing within 20+ pixels of it differs: it is a `boat` in a harbour and a
-`car` in a street, which only a receptive field reaching the far water/road band can tell
-(the paper's boat-vs-car confusion, made to need global context). Small `person` figures
-are inconspicuous objects; the building is large enough to exceed a small receptive field.
-Images are 128x128, generated deterministically from (split, index) in seconds, through
-the same TFDS builder path as the real datasets, so nothing needs downloading.
+A 48x256 scene has sky, buildings on the horizon and, below it, a long grey ground. At one
+end (left or right) the ground is water (a harbour) or road (a street): the one cue. The rest
+of the ground is quay in a harbour and sidewalk in a street, the same texture (the paper's
+confusable categories). On it, at least GAP = 104 pixels from the cue, stand vehicles, which
+are boats in a harbour and cars in a street, drawn with the same pixels (its mismatched
+relationship), and 16x16 buoys or bollards, also the same pixels (its inconspicuous
+objects, 2x2 logit cells at output stride 8). So nothing within 104 px of a boat, car,
+buoy or bollard, nor anywhere on the quay/sidewalk far from the cue, differs between the two
+scenes. GAP is set at the trained dilated FCN's effective receptive field at this size
+(benchmarks/receptive_field.py; the figures are in the README); the pyramid's global bin
+covers the whole scene.
+Generated deterministically from (split, index) in seconds, through the same TFDS builder
+path as the real datasets, so nothing needs downloading.
 """
 
 import dataclasses
@@ -20,10 +24,12 @@ import tensorflow_datasets as tfds
 from psp_jax import classes
 
 CLASS_NAMES, PALETTE = classes.SCENES_CLASS_NAMES, classes.SCENES_PALETTE
-SKY, BUILDING, WATER, ROAD, PAVEMENT, BOAT, CAR, PERSON = range(len(CLASS_NAMES))
-CONTEXT_CLASSES = ('boat', 'car')  # same appearance and surroundings, class decided by the scene
-SIZE = 128
-_GAP = 20  # least distance, in pixels, between a vehicle and the water/road band
+(SKY, BUILDING, WATER, ROAD, QUAY, SIDEWALK, BOAT, CAR, BUOY, BOLLARD) = range(len(CLASS_NAMES))
+# Pairs drawn with the same pixels on the same surroundings; the scene decides which one.
+CONTEXT_CLASSES = ('quay', 'sidewalk', 'boat', 'car', 'buoy', 'bollard')
+HEIGHT, WIDTH = 48, 256
+_CUE_WIDTH = (32, 49)  # columns of water or road at one end of the ground
+GAP = 104  # least distance, in pixels, from the water/road to any boat, car, buoy or bollard
 
 
 def _texture(rng, shape, base, noise):
@@ -31,39 +37,42 @@ def _texture(rng, shape, base, noise):
 
 
 def render_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """One scene: ([SIZE, SIZE, 3] uint8 image, [SIZE, SIZE] uint8 label map)."""
+  """One scene: ([HEIGHT, WIDTH, 3] uint8 image, [HEIGHT, WIDTH] uint8 label map)."""
   rng = np.random.RandomState(seed)
-  image = np.zeros((SIZE, SIZE, 3), np.float32)
-  label = np.zeros((SIZE, SIZE), np.uint8)
-  horizon = rng.randint(32, 48)
-  band = horizon + rng.randint(8, 14)  # the water/road band ends here; pavement below
+  image = np.zeros((HEIGHT, WIDTH, 3), np.float32)
+  label = np.zeros((HEIGHT, WIDTH), np.uint8)
   harbour = rng.rand() < 0.5
-  image[:horizon] = _texture(rng, (horizon, SIZE), (120, 170, 230), 6)
+  horizon = rng.randint(14, 20)
+  image[:horizon] = _texture(rng, (horizon, WIDTH), (120, 170, 230), 6)
   label[:horizon] = SKY
-  ground = (40, 90, 160) if harbour else (95, 95, 100)
-  image[horizon:band] = _texture(rng, (band - horizon, SIZE), ground, 10)
-  label[horizon:band] = WATER if harbour else ROAD
-  image[band:] = _texture(rng, (SIZE - band, SIZE), (150, 150, 140), 8)
-  label[band:] = PAVEMENT
-  # A large building standing on the horizon.
-  left, width = rng.randint(0, SIZE // 2), rng.randint(SIZE // 3, SIZE // 2 + 16)
-  top = rng.randint(4, horizon - 16)
-  image[top:horizon, left:left + width] = _texture(rng, (horizon - top, min(width, SIZE - left)),
-                                                   (150, 110, 90), 12)
-  label[top:horizon, left:left + width] = BUILDING
-  # Vehicles: identical pixels on identical pavement, far from the band that names them.
-  for _ in range(rng.randint(1, 4)):
-    h, w = rng.randint(8, 14), rng.randint(16, 28)
-    y = rng.randint(band + _GAP, SIZE - h - 2)
-    x = rng.randint(2, SIZE - w - 2)
+  for _ in range(rng.randint(2, 5)):  # buildings anywhere along the horizon
+    left, width = rng.randint(0, WIDTH - 24), rng.randint(24, 65)
+    top, right = rng.randint(2, horizon - 6), min(left + width, WIDTH)
+    image[top:horizon, left:right] = _texture(rng, (horizon - top, right - left),
+                                              (150, 110, 90), 12)
+    label[top:horizon, left:right] = BUILDING
+  ground = HEIGHT - horizon
+  image[horizon:] = _texture(rng, (ground, WIDTH), (150, 150, 140), 8)
+  label[horizon:] = QUAY if harbour else SIDEWALK
+  # The one cue: water or road at one end of the ground.
+  cue, at_left = rng.randint(*_CUE_WIDTH), rng.rand() < 0.5
+  columns = slice(0, cue) if at_left else slice(WIDTH - cue, WIDTH)
+  image[horizon:, columns] = _texture(rng, (ground, cue),
+                                      (40, 90, 160) if harbour else (95, 95, 100), 10)
+  label[horizon:, columns] = WATER if harbour else ROAD
+  # Objects stand at the other end, at least GAP pixels from the cue.
+  low, high = (cue + GAP, WIDTH) if at_left else (0, WIDTH - cue - GAP)
+  for _ in range(rng.randint(1, 4)):  # boats / cars
+    h, w = rng.randint(12, 17), rng.randint(20, 33)
+    y, x = rng.randint(horizon + 1, HEIGHT - h), rng.randint(low, high - w + 1)
     image[y:y + h, x:x + w] = (200, 40, 40)
     image[y + 2:y + h // 2, x + 3:x + w - 3] = (30, 30, 40)  # windows / cabin
     label[y:y + h, x:x + w] = BOAT if harbour else CAR
-  # Small, inconspicuous people (a few pixels each), on the pavement or the building.
-  for _ in range(rng.randint(0, 4)):
-    y, x = rng.randint(horizon - 10, SIZE - 8), rng.randint(0, SIZE - 3)
-    image[y:y + 7, x:x + 3] = (230, 190, 150)
-    label[y:y + 7, x:x + 3] = PERSON
+  for _ in range(rng.randint(2, 6)):  # buoys / bollards: 16x16 px, two by two logit cells
+    y, x = rng.randint(horizon, HEIGHT - 15), rng.randint(low, high - 15)
+    image[y:y + 16, x:x + 16] = (250, 225, 40)
+    image[y + 6:y + 10, x:x + 16] = (20, 20, 20)  # a black band
+    label[y:y + 16, x:x + 16] = BUOY if harbour else BOLLARD
   return image.round().astype(np.uint8), label
 
 
@@ -77,11 +86,14 @@ class ScenesConfig(tfds.core.BuilderConfig):
 class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
   """Procedural scenes for psp_jax's quickstart and ablation (see the module docstring)."""
 
-  VERSION = tfds.core.Version('2.0.0')
+  VERSION = tfds.core.Version('3.0.0')
   RELEASE_NOTES = {
       '1.0.0': 'Sky, building, water/road, boat/car by context, small people.',
       '2.0.0': 'Vehicles on a shared pavement 20+ px from the water/road band: '
                'boat vs car needs global context (1.0.0 decided it 6 px away).',
+      '3.0.0': '48x256 scenes, 10 classes: quay/sidewalk, boat/car and buoy/bollard '
+               'decided by water/road 104+ px away, beyond the FCN\'s effective receptive '
+               'field (2.0.0: within it, FCN and PSPNet were equal).',
   }
   BUILDER_CONFIGS = [
       ScenesConfig(name='default', description='4000 train / 500 validation scenes.'),
@@ -91,8 +103,8 @@ class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(SIZE, SIZE, 3)),
-            'segmentation_mask': tfds.features.Image(shape=(SIZE, SIZE, 1)),
+            'image': tfds.features.Image(shape=(HEIGHT, WIDTH, 3)),
+            'segmentation_mask': tfds.features.Image(shape=(HEIGHT, WIDTH, 1)),
             'scene': tfds.features.ClassLabel(names=['road', 'water']),
         }),
         supervised_keys=('image', 'segmentation_mask'),
