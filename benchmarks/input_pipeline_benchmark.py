@@ -6,13 +6,13 @@ Writes --num_images generated scenes (JPEG images, PNG annotations 0..150) into 
 ADEChallengeData2016.zip in the real layout, prepares it with psp_jax's own ADE20K TFDS
 builder (manual dir), then times `input_pipeline.create_split(builder, 'train',
 configs/ade20k.py's config.augment, per_device_batch, train=True)` as train.py reads it
-(`tfds.as_numpy`). Before it, cumulative stages built from the same functions (encoded files
-shuffled, then decoded in the map) show where the time goes: read (TFRecord, no decode),
-decode (JPEG + PNG), + rescale, + pad and crop (with cat_max_ratio retries), + flip,
-+ photometric distortion (= `augment`), then batched.
+(`tfds.as_numpy`). Before it, cumulative stages built from the same functions (examples
+read by offset in a per-epoch permutation, decoded in the map) show where the time goes:
+read (TFRecord by offset, parsed, no decode), decode (JPEG + PNG), + rescale, + pad and crop
+(with cat_max_ratio retries), + flip, + photometric distortion (= `augment`), then batched.
 
 Each row: images/s as the median (and min, max) over --windows windows of --window_images
-images after --warmup_images (which also fills the shuffle buffer), and this process's CPU
+images after --warmup_images, and this process's CPU
 time per image (user + system, over all threads), which other jobs on a shared machine
 disturb less than wall time.
 
@@ -50,7 +50,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 from psp_jax import augment as augment_lib  # noqa: E402
 from psp_jax import input_pipeline  # noqa: E402
 from psp_jax import config as ade20k_config  # noqa: E402  (its defaults are the ADE20K recipe)
-from psp_jax.datasets import ade20k  # noqa: E402
+from psp_jax.datasets import ade20k, records  # noqa: E402
 
 
 def _image_size(rng: np.random.RandomState) -> tuple[int, int]:
@@ -138,30 +138,30 @@ def prepare_builder(workdir: str, num_images: int, seed: int):
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     with open(record, 'w') as f:
       json.dump(dict(wanted, sizes=sizes), f)
-  # TFDS caches a dataset under 250 MiB in memory after decoding, so a few hundred images
-  # would be decoded once; the real train split (~0.8 GB) never is, and decodes every epoch.
-  builder._should_cache_ds = lambda **kwargs: False  # pylint: disable=protected-access
   return builder, sizes
 
 
 def _stage_dataset(builder, per_device_batch: int, fn, decode: bool = True) -> tf.data.Dataset:
   """create_split's training front with `fn(index, image, label)` in its map.
 
-  Encoded files are repeated, shuffled and indexed; the map decodes them (unless `decode`
-  is False) and applies `fn`.
+  Positions are mapped to examples of the (one-device) shard as create_split maps them,
+  each example is read by its offset and parsed; the map decodes its images (unless
+  `decode` is False) and applies `fn`.
   """
   features = builder.info.features
   keys = ('image', 'segmentation_mask')
-  ds = builder.as_dataset(split='train', shuffle_files=False,
-                          decoders={k: tfds.decode.SkipDecoding() for k in keys})
-  ds = ds.repeat().shuffle(16 * per_device_batch, seed=0).enumerate()
+  stored = records.split_records(builder, 'train')
+  seed = tf.constant([0, 0], tf.int64)
+  skip = {k: tfds.decode.SkipDecoding() for k in keys} if not decode else None
 
-  def prepare(index, example):
-    image, label = (features[k].decode_example(example[k]) if decode else example[k]
-                    for k in keys)
-    return fn(index, image, label)
+  def prepare(index):
+    serialized = tf.numpy_function(lambda i: stored[i], [index], tf.string, stateful=False)
+    example = features.deserialize_example(tf.ensure_shape(serialized, []), decoders=skip)
+    return fn(index, example['image'], example['segmentation_mask'])
 
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = tf.data.Dataset.range(2 ** 62).map(
+      lambda p: prepare(input_pipeline.shard_order(p, len(stored), seed)),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -220,7 +220,7 @@ def main():
   parser.add_argument('--num_images', type=int, default=200, help='generated training images')
   parser.add_argument('--per_device_batch', type=int, default=16)
   parser.add_argument('--warmup_images', type=int, default=320,
-                      help='discarded first; more than the shuffle buffer (16 x batch)')
+                      help='discarded first')
   parser.add_argument('--window_images', type=int, default=64)
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--stages', default='all',

@@ -1,64 +1,66 @@
 """The training batches as an iterator whose position is saved with each checkpoint.
 
 A resumed run must see exactly the batches an uninterrupted run would have seen. The
-tf.data iterator's own state (shuffle buffer, in-flight elements, stream position) is
-written with `tf.train.Checkpoint`, one file set per process, next to the Orbax
-checkpoint of the same step: `workdir/data_state/<step>/process_<i>`. Each set is
-written under a temporary name and renamed into place, so a process killed while
-writing never leaves a partial state where a resume would look for one.
+stream of `input_pipeline.create_split` is a function of its position (examples each
+device has consumed), so that one number is the whole state: a JSON file of a few bytes
+per process, next to the Orbax checkpoint of the same step,
+`workdir/data_state/<step>/process_<i>.json`, whatever the dataset and however it is
+shuffled. Each file is written under a temporary name and renamed into place, so a
+process killed while writing never leaves a partial state where a resume would look.
 """
 
+import json
 import os
 import shutil
+from typing import Optional
 
 import jax
 import numpy as np
 import tensorflow as tf
 
 
-def saved(directory: str, step: int) -> bool:
-  """Whether this process's stream position at `step` was saved in `directory`."""
-  return os.path.isdir(_path(directory, step))
-
-
 def _path(directory: str, step: int) -> str:
-  return os.path.join(directory, str(step), f'process_{jax.process_index()}')
+  return os.path.join(directory, str(step), f'process_{jax.process_index()}.json')
+
+
+def saved_position(directory: str, step: int) -> Optional[int]:
+  """Examples per device consumed at `step`, as this process saved it; None if not saved."""
+  path = _path(directory, step)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return int(json.load(f)['position'])
 
 
 class ResumableIterator:
-  """Host (numpy) batches of `dataset`, with `save(step)` / `restore(step)` of its position.
+  """Host (numpy) batches of `dataset`, which starts at `position`, with `save(step)` of the
+  position reached.
 
   There is no look-ahead outside tf.data (no `prefetch_to_device`): every batch taken
-  from the tf.data iterator has been returned, so the saved position is exactly that
-  of the training step. tf.data's own prefetch is part of the saved state.
+  from the tf.data iterator has been returned, so the position after n batches is
+  `position + n * per_device_batch`, whatever tf.data prefetched.
   """
 
-  def __init__(self, dataset: tf.data.Dataset, directory: str):
+  def __init__(self, dataset: tf.data.Dataset, per_device_batch: int, directory: str,
+               position: int = 0):
     self._iterator = iter(dataset)
-    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
-    self.directory = directory
+    self.per_device_batch, self.directory, self.position = per_device_batch, directory, position
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    return jax.tree_util.tree_map(np.asarray, next(self._iterator))
+    batch = jax.tree_util.tree_map(np.asarray, next(self._iterator))
+    self.position += self.per_device_batch
+    return batch
 
   def save(self, step: int) -> None:
     final = _path(self.directory, step)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
     temporary = final + '.tmp'
-    shutil.rmtree(temporary, ignore_errors=True)
-    os.makedirs(temporary)
-    self._checkpoint.write(os.path.join(temporary, 'iterator'))
-    shutil.rmtree(final, ignore_errors=True)
+    with open(temporary, 'w') as f:
+      json.dump({'position': self.position, 'devices': jax.device_count()}, f)
     os.replace(temporary, final)
-
-  def restore(self, step: int) -> bool:
-    """Moves to the position saved at `step`; False (and unchanged) if none was saved."""
-    if not saved(self.directory, step):
-      return False
-    self._checkpoint.read(os.path.join(_path(self.directory, step), 'iterator')).assert_consumed()
-    return True
 
   def prune(self, keep: list[int]) -> None:
     """Deletes the states of steps before the oldest in `keep` (the retained checkpoints)."""

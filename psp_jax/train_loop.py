@@ -79,20 +79,19 @@ def _train_batches(config, builder, decode, per_device_batch: int, workdir: str,
                    start_step: int) -> resumable_iterator.ResumableIterator:
   """The training stream, at the position saved with checkpoint `start_step` when resuming."""
   directory = os.path.join(workdir, 'data_state')
-  resume = start_step > 0 and resumable_iterator.saved(directory, start_step)
-  if start_step and not resume:
-    # A checkpoint without a saved position: a fresh, seeded stream rather than
-    # replaying the first examples.
-    logging.warning('No data stream position saved with step %d: continuing with a new '
-                    'stream; the run will not be bit-identical to an uninterrupted one.',
-                    start_step)
-  dataset = input_pipeline.create_split(
-      builder, config.dataset.train_split, config.augment, per_device_batch,
-      seed=config.seed if resume else config.seed + start_step, decode=decode)
-  batches = resumable_iterator.ResumableIterator(dataset, directory)
-  if resume:
-    batches.restore(start_step)
-  return batches
+  position = resumable_iterator.saved_position(directory, start_step) if start_step else 0
+  if position is None:
+    # A checkpoint without a saved position (one from before positions were saved, or
+    # whose position was deleted): the stream of an unchanged batch size.
+    position = start_step * per_device_batch
+    logging.warning('No data stream position saved with step %d: resuming at %d examples per '
+                    'device (step x per-device batch), exact if the batch size is unchanged.',
+                    start_step, position)
+
+  dataset = input_pipeline.create_split(builder, config.dataset.train_split, config.augment,
+                                        per_device_batch, seed=config.seed, decode=decode,
+                                        position=position)
+  return resumable_iterator.ResumableIterator(dataset, per_device_batch, directory, position)
 
 
 def _prepared_builder(dataset, builder):

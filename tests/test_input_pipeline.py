@@ -295,3 +295,38 @@ def test_rescale_into_a_box_is_mmsegs_random_resize(height, width, ratio):
   box = (int(2048 * ratio), int(512 * ratio))
   want_w, want_h = mmcv.rescale_size((width, height), box)
   assert image.shape[:2] == label.shape[:2] == (want_h, want_w)
+
+
+def test_a_stream_started_at_a_position_is_the_tail_of_the_stream(tiny_scenes):
+  """The resumable state is one number: the stream from position p is the stream from 0
+  without its first p examples per device, decoded and augmented alike."""
+  config = dict(FULL, crop_size=(32, 48))
+  whole = list(input_pipeline.create_split(tiny_scenes, 'train', config, 2, seed=3)
+               .take(5).as_numpy_iterator())
+  tail = list(input_pipeline.create_split(tiny_scenes, 'train', config, 2, seed=3, position=4)
+              .take(3).as_numpy_iterator())
+  for a, b in zip(whole[2:], tail):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  assert not np.array_equal(whole[0]['image'], whole[2]['image'])
+
+
+def test_each_epoch_visits_the_shard_once_in_its_own_order():
+  size, seed = 7, tf.constant([5, 1], tf.int64)
+  order = [int(input_pipeline.shard_order(tf.constant(p, tf.int64), size, seed))
+           for p in range(3 * size)]
+  epochs = [order[e * size:(e + 1) * size] for e in range(3)]
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(size))
+  assert len({tuple(e) for e in epochs}) == 3  # reshuffled every epoch
+  other = [int(input_pipeline.shard_order(tf.constant(p, tf.int64), size,
+                                          tf.constant([5, 2], tf.int64))) for p in range(size)]
+  assert other != epochs[0]  # each device its own order
+
+
+def test_devices_read_disjoint_shards_covering_the_split():
+  for n, devices in ((10, 4), (6, 4), (8, 8), (1000, 3)):
+    bounds = [input_pipeline.shard_bounds(n, devices, d) for d in range(devices)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(end > first for first, end in bounds)
