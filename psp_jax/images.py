@@ -5,8 +5,12 @@ the tag, so the training images, the predictions and their overlays must too. PI
 convert('RGB') clips 16-bit grey (mode 'I;16') instead of scaling it, so that is done here.
 """
 
+import io
+
 import numpy as np
 from PIL import Image, ImageOps
+
+from psp_jax import errors
 
 _SIXTEEN_BIT_GREY = ('I;16', 'I;16B', 'I;16L', 'I')
 
@@ -26,3 +30,15 @@ def read_rgb(path: str) -> np.ndarray:
   """`to_rgb` of the image file at `path`; OSError if it is not a readable image."""
   with Image.open(path) as image:
     return to_rgb(image)
+
+
+def decoded_size(data: bytes, source: str) -> tuple[int, int]:
+  """(height, width) of the encoded image `data`, decoded in full (not just its header), so
+  that a damaged file fails dataset preparation naming `source`, not training hours in."""
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      image.load()
+      return image.height, image.width
+  except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+    raise errors.InputError(f'{source}: does not decode as an image ({error}). Replace it '
+                            'with an intact copy and prepare the dataset again.') from error

@@ -94,11 +94,16 @@ def _train_batches(config, builder, decode, per_device_batch: int, workdir: str,
   return resumable_iterator.ResumableIterator(dataset, per_device_batch, directory, position)
 
 
-def _prepared_builder(dataset, builder):
-  """`builder` (of config.dataset), prepared by process 0 first if asked."""
+def prepare_dataset(dataset, builder, module):
+  """`builder` (of config.dataset, whose psp_jax.datasets module is `module`), prepared by
+  process 0 first if asked; one that `module` says is stored unread is decoded once right
+  after preparing (checks.check_stored)."""
   if dataset.prepare:  # process 0 first, so that a shared data_dir is written once
     if jax.process_index() == 0:
+      fresh = not builder.is_prepared()
       builder.download_and_prepare()
+      if fresh and getattr(module, 'CHECK_AFTER_PREPARE', False):
+        checks.check_stored(builder)
     multihost_utils.sync_global_devices('dataset prepared')
     if jax.process_index() > 0:
       # Made before process 0 wrote the data, `builder` would not read it: make it again.
@@ -143,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   per_device_batch = config.batch_size // jax.device_count()
-  builder = _prepared_builder(config.dataset, builder)
+  builder = prepare_dataset(config.dataset, builder, dataset_module)
   class_names, palette = classes.for_config(config.dataset)
   decode = checks.decoder(dataset_module, len(class_names))
 

@@ -304,6 +304,39 @@ def test_corrupt_image_names_the_file_not_a_bare_decode_error(tmp_path):
     assert isinstance(error.value.__cause__, tf.errors.InvalidArgumentError)
 
 
+def _damage(archive, member, damaged):
+  """Rewrites zip `archive` with `member`'s bytes replaced by damaged(bytes)."""
+  with zipfile.ZipFile(archive) as zf:
+    members = {name: zf.read(name) for name in zf.namelist()}
+  assert member in members
+  members[member] = damaged(members[member])
+  with zipfile.ZipFile(archive, 'w') as zf:
+    for name, data in members.items():
+      zf.writestr(name, data)
+
+
+@pytest.mark.parametrize('member, damaged, message', [
+    ('images/validation/ADE_val_00000002.jpg', lambda b: b[:len(b) // 2],
+     r'ADE_val_00000002\.jpg: does not decode as an image \(.*\)\. Replace it'),
+    ('annotations/training/ADE_train_00000003.png', lambda b: b[:len(b) // 2],
+     r'ADE_train_00000003\.png does not decode'),
+    ('images/training/ADE_train_00000001.jpg', lambda b: b'not an image',
+     r'ADE_train_00000001\.jpg: does not decode as an image \(cannot identify'),
+])
+def test_a_damaged_ade20k_file_fails_preparation_naming_it(tmp_path, member, damaged, message):
+  """Preparing decodes every image and annotation once: a damaged file never reaches a
+  training run, where it would stop the stream hours in."""
+  from test_ade20k import write_fake_archive
+  manual_dir = tmp_path / 'manual'
+  manual_dir.mkdir()
+  write_fake_archive(manual_dir / ade20k.ARCHIVE)
+  _damage(manual_dir / ade20k.ARCHIVE, f'{ade20k.ROOT}/{member}', damaged)
+  builder = ade20k.Ade20k(data_dir=str(tmp_path / 'tfds'))
+  with pytest.raises(errors.InputError, match=message):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(manual_dir)))
+
+
 def _write_cityscapes_archives(manual_dir, corrupt):
   """The two official zips: 4 train frames (one per simulated device), 1 val, 1 test frame;
   the image of frame `corrupt` is cut short."""
@@ -320,15 +353,35 @@ def _write_cityscapes_archives(manual_dir, corrupt):
                       tf.io.encode_png(label).numpy())
 
 
-def test_corrupt_image_stops_training_naming_the_file(tmp_path):
-  # TFDS's Cityscapes builder stores the PNGs as they come; training is the first to decode.
+def test_corrupt_image_fails_preparation_naming_the_file(tmp_path):
+  # TFDS's Cityscapes builder stores the PNGs as they come: train.py decodes every example
+  # once right after preparing, before any training step.
   config = tiny_config(str(tmp_path / 'tfds'), steps=2)
   config.dataset.name = cityscapes.TFDS_NAME
   config.model.num_classes = 19
   _write_cityscapes_archives(tmp_path / 'tfds' / 'downloads' / 'manual', corrupt=0)
-  with pytest.raises(ValueError, match=r'cityscapes/semantic_segmentation/1\.0\.0 train: 1 stored '
-                     r'image\(s\) do not decode: aachen_000000_000019 \(image_left\)'):
+  with pytest.raises(errors.InputError, match=(
+      r'cityscapes/semantic_segmentation/1\.0\.0: 1 stored image\(s\) would stop training: '
+      r'train: aachen_000000_000019 \(image_left\)\. Replace the damaged')):
     train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  # Deleted, so the next run prepares and checks it again instead of training on it.
+  assert not tfds.builder(cityscapes.TFDS_NAME, data_dir=str(tmp_path / 'tfds')).is_prepared()
+  assert not os.listdir(tmp_path / 'workdir' / 'checkpoints')  # no step was trained
+
+
+def test_cityscapes_label_of_another_size_fails_preparation(tmp_path):
+  """TFDS's Cityscapes features declare 1024x2048: a label map of another size is stored
+  unread, and decoding it (as training would) fails."""
+  manual_dir = tmp_path / 'tfds' / 'downloads' / 'manual'
+  _write_cityscapes_archives(manual_dir, corrupt=None)
+  _damage(manual_dir / cityscapes.MANUAL_ARCHIVES[1],
+          'gtFine/val/aachen/aachen_000004_000019_gtFine_labelIds.png',
+          lambda _: tf.io.encode_png(fake_frame(4)[1][:, :-8]).numpy())  # 8 columns short
+  builder = tfds.builder(cityscapes.TFDS_NAME, data_dir=str(tmp_path / 'tfds'))
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  with pytest.raises(errors.InputError, match=r'1 stored image\(s\) would stop training: '
+                     r'validation: aachen_000004_000019 \(segmentation_label\)\.'):
+    train_loop.prepare_dataset(config.dataset, builder, cityscapes)
 
 
 # ------------------------------------------------------------ checkpoints of another model

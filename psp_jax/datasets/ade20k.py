@@ -8,7 +8,8 @@ The archive is read in place with `zipfile`, never extracted: a zip's central di
 indexes every member, so each image is paired with its annotation by name at the cost of one
 seek, memory stays constant over the 20k examples, and no second ~1 GB copy lands on disk.
 JPEG bytes are stored as they are in the archive (no re-encoding), so TFDS decodes the very
-pixels mmseg reads.
+pixels mmseg reads. Each image and annotation is decoded once while preparing, so a damaged
+file or a label out of range fails preparation naming it, never a training run later.
 """
 
 import io
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from psp_jax import classes, errors
+from psp_jax import classes, errors, images
 from psp_jax.datasets.features import segmentation_features
 from psp_jax.spec import IGNORE_LABEL
 
@@ -119,20 +120,24 @@ class Ade20k(tfds.core.GeneratorBasedBuilder):
     with epath.Path(archive).open('rb') as f, zipfile.ZipFile(f) as zf:
       members = set(zf.namelist())
       prefix = f'{ROOT}/images/{folder}/'
-      images = sorted(n for n in members if n.startswith(prefix) and n.endswith('.jpg'))
-      if not images:
+      image_names = sorted(n for n in members if n.startswith(prefix) and n.endswith('.jpg'))
+      if not image_names:
         raise errors.InputError(
             f'{archive} has no {prefix}*.jpg: expected the unmodified {ARCHIVE}.')
-      for image_name in images:
+      for image_name in image_names:
         stem = posixpath.splitext(posixpath.basename(image_name))[0]
         annotation_name = f'{ROOT}/annotations/{folder}/{stem}.png'
         if annotation_name not in members:
           raise errors.InputError(f'{archive} has {image_name} but no {annotation_name}.')
         image_bytes = zf.read(image_name)
-        with Image.open(io.BytesIO(zf.read(annotation_name))) as annotation:
-          label = reduce_zero_label(np.asarray(annotation), f'{archive}: {annotation_name}')
-        # Only the header is parsed: a size check, not a decode.
-        width, height = Image.open(io.BytesIO(image_bytes)).size
+        try:
+          with Image.open(io.BytesIO(zf.read(annotation_name))) as annotation:
+            annotation = np.asarray(annotation)
+        except OSError as error:
+          raise errors.InputError(f'{archive}: {annotation_name} does not decode ({error}): '
+                                  'replace the archive with an intact copy.') from error
+        label = reduce_zero_label(annotation, f'{archive}: {annotation_name}')
+        height, width = images.decoded_size(image_bytes, f'{archive}: {image_name}')
         if label.shape != (height, width):
           raise errors.InputError(
               f'{archive}: {annotation_name} is {label.shape} (a PNG that is not 8-bit single '

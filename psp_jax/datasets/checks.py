@@ -2,7 +2,7 @@
 
 A dataset that is not prepared (`check_prepared`), a label outside the classes or of
 another size than its image (`decoder`), an image that does not decode
-(`name_corrupt_images`).
+(`name_corrupt_images`), a prepared dataset that would stop training (`check_stored`).
 """
 
 import textwrap
@@ -120,25 +120,45 @@ def image_features(builder: tfds.core.DatasetBuilder) -> list[str]:
 
 
 def corrupt_images(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
-  """'<file name> (<feature>)' of every image or label map in `split` that does not decode.
+  """'<file name> (<feature>)' of every image or label map in `split` that does not decode,
+  or not to the shape its feature declares.
 
   Reads the stored bytes and decodes each with the feature's own decoder (as_dataset's),
-  one at a time, so a failure can be pinned on its example: slow, for the error path only.
+  one at a time, so a failure can be pinned on its example: a pass over the whole split.
   """
   features = builder.info.features
   images = image_features(builder)
-  stored = builder.as_dataset(split=split, decoders={key: tfds.decode.SkipDecoding()
-                                                     for key in images})
+  stored = builder.as_dataset(split=split, shuffle_files=False,
+                              decoders={key: tfds.decode.SkipDecoding() for key in images})
   corrupt = []
   for index, example in enumerate(stored):
     for key in images:
       try:
         features[key].decode_example(example[key])
-      except tf.errors.InvalidArgumentError:
+      except (tf.errors.InvalidArgumentError, ValueError):  # ValueError: another shape
         name = next((example[k].numpy().decode() for k in FILE_NAME_KEYS if k in example),
                     f'example {index}')
         corrupt.append(f'{name} ({key})')
   return sorted(corrupt)
+
+
+def check_stored(builder: tfds.core.DatasetBuilder) -> None:
+  """Raises InputError listing every stored image or label map that would stop training.
+
+  psp_jax's own builders decode each image and label while preparing; a builder psp_jax
+  does not write (TFDS's Cityscapes) stores files unread, so this decodes its splits once
+  after preparing. The prepared folder is deleted on failure, so the next run prepares
+  (and checks) again rather than training on it.
+  """
+  problems = [f'{split}: {p}' for split in builder.info.splits
+              for p in corrupt_images(builder, split)]
+  if problems:
+    tf.io.gfile.rmtree(str(builder.data_dir))
+    raise errors.InputError(
+        f'{builder.info.full_name}: {len(problems)} stored image(s) would stop training: '
+        f'{"; ".join(problems[:10])}{" ..." if len(problems) > 10 else ""}. Replace the '
+        'damaged file(s) in the source archives and run again: the dataset (deleted) is '
+        'prepared again.')
 
 
 def name_corrupt_images(batches: Iterable, builder: tfds.core.DatasetBuilder,

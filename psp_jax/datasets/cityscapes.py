@@ -14,7 +14,9 @@ already reads the official archives. Preparing it once:
            .download_and_prepare(download_config=tfds.download.DownloadConfig(
                manual_dir=manual_dir))
      This extracts the zips and writes train (2975), validation (500) and test
-     (1525, labels withheld) examples of 1024x2048 PNGs.
+     (1525, labels withheld) examples of 1024x2048 PNGs. train.py with
+     `--config.dataset.prepare=True` does the same, then decodes every stored PNG once
+     (see CHECK_AFTER_PREPARE); a dataset built with `tfds build` is not checked.
 
 Each TFDS example is {'image_id': str, 'image_left': uint8 [1024, 2048, 3],
 'segmentation_label': uint8 [1024, 2048, 1]}, where the label holds the
@@ -39,6 +41,10 @@ TFDS_NAME = 'cityscapes/semantic_segmentation'
 MANUAL_ARCHIVES = ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip')
 
 CLASS_NAMES, PALETTE = classes.CITYSCAPES_CLASS_NAMES, classes.CITYSCAPES_PALETTE
+# TFDS's builder stores the archives' PNGs without decoding them: train.py decodes every
+# example once right after preparing it (datasets.checks.check_stored), so a damaged file
+# fails there, naming it, and not hours into training.
+CHECK_AFTER_PREPARE = True
 
 # The label id of each train id, from the `labels` table of cityscapesScripts'
 # cityscapesscripts/helpers/labels.py (github.com/mcordts/cityscapesScripts, master,

@@ -9,9 +9,9 @@ Both archives are read from the manual dir and extracted once with `dl_manager.e
 TFDS keeps under `downloads/extracted/` and reuses on the next build. Unlike ADE20K's zip, a tar
 has no index: pairing a VOC image with a label that may sit in the other archive would take a
 scan of the whole tar per lookup, or every label of a split held in memory, when streaming.
+Each image and label is decoded once while preparing, so a damaged file or a label out of
+range fails preparation naming it, never a training run later.
 """
-
-import io
 
 from etils import epath
 import numpy as np
@@ -19,7 +19,7 @@ from PIL import Image
 import scipy.io
 import tensorflow_datasets as tfds
 
-from psp_jax import classes, errors
+from psp_jax import classes, errors, images
 from psp_jax.datasets.features import segmentation_features
 from psp_jax.spec import IGNORE_LABEL
 
@@ -53,12 +53,16 @@ def read_label(voc_dir: epath.Path, sbd_dir: epath.Path, image_id: str) -> np.nd
   """
   voc_png = voc_dir / 'SegmentationClass' / f'{image_id}.png'
   if voc_png.exists():
-    with voc_png.open('rb') as f, Image.open(f) as png:
-      # A palette PNG: its pixel indices are the class ids (RGB would be the colours).
-      if png.mode not in ('P', 'L'):
-        raise errors.InputError(f'{voc_png} is a {png.mode} PNG; expected VOC\'s palette PNG whose '
-                                'indices are class ids. Use the unmodified SegmentationClass.')
-      label, source = np.array(png), voc_png
+    try:
+      with voc_png.open('rb') as f, Image.open(f) as png:
+        # A palette PNG: its pixel indices are the class ids (RGB would be the colours).
+        mode, label, source = png.mode, np.array(png), voc_png
+    except OSError as error:
+      raise errors.InputError(f'{voc_png} does not decode ({error}): replace it with the '
+                              'unmodified file.') from error
+    if mode not in ('P', 'L'):
+      raise errors.InputError(f'{voc_png} is a {mode} PNG; expected VOC\'s palette PNG whose '
+                              'indices are class ids. Use the unmodified SegmentationClass.')
   else:
     sbd_mat = sbd_dir / 'cls' / f'{image_id}.mat'
     if not sbd_mat.exists():
@@ -118,8 +122,7 @@ class Voc12Aug(tfds.core.GeneratorBasedBuilder):
       image_path = voc_dir / 'JPEGImages' / f'{image_id}.jpg'
       image_bytes = image_path.read_bytes()
       label = read_label(voc_dir, sbd_dir, image_id)
-      # Only the header is parsed: a size check, not a decode.
-      width, height = Image.open(io.BytesIO(image_bytes)).size
+      height, width = images.decoded_size(image_bytes, str(image_path))
       if label.shape != (height, width):
         raise errors.InputError(f'{image_id}: label is {label.shape} but {image_path} is '
                                 f'{(height, width)}.')
