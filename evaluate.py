@@ -3,12 +3,16 @@
 Uses the best (or --which=latest) checkpoint of a training workdir, or the variables at
 --checkpoint=DIR (e.g. a converted mmseg/semseg model, `python -m psp_jax.convert`).
 The test protocol is config.test (whole/slide, test resize, scales, flip). Prints the
-per-class table and writes it as JSON (default: DIR/eval_<split>.json).
+per-class table and writes it, with the confusion matrix (rows: ground truth, columns:
+prediction), as JSON (default: DIR/eval_<split>.json). With --multiprocess, one process per
+host, each evaluates its share of the split and process 0 writes the result.
 """
 
 import json
 import os
 
+import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,18 +28,23 @@ flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Which checkpoint of --wo
 flags.DEFINE_string('checkpoint', None, 'Variables from psp_jax.convert, instead of --workdir.')
 flags.DEFINE_string('split', None, 'TFDS split (default: config.dataset.eval_split).')
 flags.DEFINE_string('output', None, 'JSON file for the metrics.')
+cli.define_multiprocess_flags()
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
 
-def evaluate(config, model, variables, split: str) -> tuple[dict[str, float], str]:
-  """(metrics, per-class table) of `variables` of `model` on `split` of config.dataset."""
+def evaluate(config, model, variables, split: str
+             ) -> tuple[dict[str, float], str, np.ndarray]:
+  """(metrics, per-class table, [C, C] confusion matrix) of `variables` of `model` on
+  `split` of config.dataset; with several processes, each evaluates its share of it."""
   module = datasets.dataset_module(config.dataset.name)
   class_names, _ = classes.for_config(config.dataset)
   split_evaluator = evaluator.Evaluator(model, inference.TestProtocol.from_config(config.test),
                                         config.model.num_classes, class_names)
-  return evaluator.evaluate_split(split_evaluator, datasets.builder(config.dataset),
-                                  checks.decoder(module, len(class_names)), split, variables)
+  metrics, table = evaluator.evaluate_split(split_evaluator, datasets.builder(config.dataset),
+                                            checks.decoder(module, len(class_names)), split,
+                                            variables)
+  return metrics, table, split_evaluator.last_confusion
 
 
 def main(argv):
@@ -45,6 +54,7 @@ def main(argv):
     raise app.UsageError('Give exactly one of --workdir and --checkpoint.')
   config_check.check_config(FLAGS.config)
   input_pipeline.hide_accelerators_from_tf()
+  cli.start_multiprocess()
   config = FLAGS.config
   model = build_model(config.model)
   if FLAGS.checkpoint:
@@ -54,12 +64,14 @@ def main(argv):
     source = f'{FLAGS.workdir} ({FLAGS.which}, step {step})'
   checkpoint.check_fits(variables, checkpoint.variable_shapes(model), source)
   split = FLAGS.split or config.dataset.eval_split
-  metrics, table = evaluate(config, model, variables, split)
+  metrics, table, confusion = evaluate(config, model, variables, split)
+  if jax.process_index() > 0:  # every process has the whole split's numbers; one writes
+    return
   print(f'{config.dataset.name} {split}, {source}:\n{table}')
   output = FLAGS.output or os.path.join(FLAGS.workdir or FLAGS.checkpoint, f'eval_{split}.json')
   with open(output, 'w') as f:
     json.dump({'source': source, 'split': split, 'test': FLAGS.config.test.to_dict(),
-               'metrics': metrics}, f, indent=2)
+               'metrics': metrics, 'confusion_matrix': confusion.tolist()}, f, indent=2)
   logging.info('Wrote %s', output)
 
 

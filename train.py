@@ -7,7 +7,6 @@ hosts, run the same command on every host with --multiprocess (README: "Running 
 
 import logging as std_logging
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,12 +14,7 @@ from psp_jax import cli, input_pipeline, train_loop
 
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard logs.')
-flags.DEFINE_bool('multiprocess', False, 'Call jax.distributed.initialize(): one process per '
-                  'host (TPU pods, SLURM and Kubernetes are detected; elsewhere give the three '
-                  'flags below).')
-flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for --multiprocess.')
-flags.DEFINE_integer('num_processes', None, 'Number of processes, for --multiprocess.')
-flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1, for --multiprocess.')
+cli.define_multiprocess_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -35,8 +29,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_not_orbax_info)
   input_pipeline.hide_accelerators_from_tf()
-  if FLAGS.multiprocess:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  cli.start_multiprocess()
   train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

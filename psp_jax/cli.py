@@ -5,6 +5,9 @@ not exist, or an override of a key the config schema lacks (named with the close
 stops before anything loads. Errors: our own checks' (errors.InputError), missing files,
 a diverged run and a usage error print `error: <message>` on one line and exit with
 status 2; any other exception is a bug and keeps its traceback.
+
+`define_multiprocess_flags` / `start_multiprocess`: one process per host (TPU pod slices,
+multi-node GPUs), for train.py and evaluate.py.
 """
 
 import os
@@ -12,7 +15,8 @@ import re
 import sys
 from typing import Callable
 
-from absl import app
+import jax
+from absl import app, flags
 
 from psp_jax import config_check, errors
 
@@ -59,3 +63,21 @@ def run(main: Callable[[list[str]], None]) -> None:
       fail(error)
 
   app.run(guarded, flags_parser=parse_flags)
+
+
+def define_multiprocess_flags() -> None:
+  """--multiprocess and its settings, for a script that runs one process per host."""
+  flags.DEFINE_bool('multiprocess', False, 'Call jax.distributed.initialize(): one process per '
+                    'host (TPU pods, SLURM and Kubernetes are detected; elsewhere give the '
+                    'three flags below).')
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for --multiprocess.')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes, for --multiprocess.')
+  flags.DEFINE_integer('process_id', None,
+                       'This process, 0..num_processes-1, for --multiprocess.')
+
+
+def start_multiprocess() -> None:
+  """jax.distributed.initialize() if --multiprocess (define_multiprocess_flags) was given."""
+  if flags.FLAGS.multiprocess:
+    jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                               flags.FLAGS.process_id)

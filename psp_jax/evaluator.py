@@ -1,11 +1,14 @@
 """Evaluating a model on a dataset split with config.test's protocol: one path for all modes.
 
-A single-pass protocol (whole image, one scale, no flip, a size divisor) is sharded over
-processes and spread over the local devices with pmap, each image padded into a shape
-bucket and the confusion matrix summed on device; sliding windows and test-time
-augmentation run image by image (`inference.predict`). Both give mmseg's numbers.
+Every mode is split over processes: each evaluates its own share of the examples and the
+confusion matrices are summed over hosts. Within a process, a single-pass protocol (whole
+image, one scale, no flip, a size divisor) is spread over the local devices with pmap,
+each image padded into a shape bucket and the confusion matrix summed on device; sliding
+windows and test-time augmentation run image by image (`inference.predict`), each local
+device taking every n-th image. Both give mmseg's numbers.
 """
 
+import concurrent.futures
 import functools
 import time
 from typing import Any, Iterable, Sequence
@@ -33,16 +36,11 @@ class Evaluator:
     self.model, self.test = model, test
     self.num_classes, self.class_names = num_classes, class_names
 
-  @property
-  def sharded(self) -> bool:
-    """Whether each process evaluates only its share of the examples (summed afterwards)."""
-    return self.test.single_pass
-
   def confusion(self, variables: Any, examples: Iterable[tuple[np.ndarray, np.ndarray]],
                 total: int | None = None, log_every: int = 100) -> np.ndarray:
-    """[C, C] int64 over (uint8 [H, W, 3] image, [H, W] or [H, W, 1] label) pairs,
-    summed over processes when `sharded` (then each gives its own share)."""
-    if self.sharded:
+    """[C, C] int64 over (uint8 [H, W, 3] image, [H, W] or [H, W, 1] label) pairs, summed
+    over processes: with several, each passes its own share of the examples."""
+    if self.test.single_pass:
       counter = _Buckets(self.model, variables, self.num_classes, self.test)
     else:
       counter = _ImageByImage(self.model, variables, self.num_classes, self.test)
@@ -55,6 +53,7 @@ class Evaluator:
         logging.info('evaluated %d%s images (%.2f/s%s); %d network shapes compiled', index,
                      f'/{total}' if total else '', rate, eta, counter.num_shapes())
     matrix = counter.result()
+    self.last_confusion = matrix
     self.last_num_shapes = counter.num_shapes()   # compiled programs of the last call
     logging.info('%d network shapes compiled in all', self.last_num_shapes)
     return matrix
@@ -68,11 +67,16 @@ class Evaluator:
 
 def evaluate_split(evaluator: Evaluator, builder, decode, split: str, variables: Any
                    ) -> tuple[dict[str, float], str]:
-  """Runs `evaluator` over a TFDS split read with `decode`; returns (metrics, table)."""
-  part = tfds.split_for_jax_process(split, drop_remainder=False) if evaluator.sharded else split
-  total = builder.info.splits[split].num_examples
-  if evaluator.sharded:
-    total = -(-total // jax.process_count())   # this process's share, at most
+  """Runs `evaluator` over a TFDS split read with `decode`; returns (metrics, table).
+
+  Each process reads and evaluates its own share of the split (tfds.split_for_jax_process);
+  the metrics are those of the whole split, on every process.
+  """
+  part = tfds.split_for_jax_process(split, drop_remainder=False)
+  total = builder.info.splits[part].num_examples
+  logging.info('Process %d of %d evaluates its share of %s: %d of %d examples (%s).',
+               jax.process_index(), jax.process_count(), split, total,
+               builder.info.splits[split].num_examples, part)
   examples = checks.name_corrupt_images(
       tfds.as_numpy(builder.as_dataset(split=part).map(decode)), builder, split)
   result = evaluator.evaluate(variables, examples, total)
@@ -80,26 +84,56 @@ def evaluate_split(evaluator: Evaluator, builder, decode, split: str, variables:
 
 
 class _ImageByImage:
-  """Sliding windows or test-time augmentation, one image at a time (inference.predict)."""
+  """Sliding windows or test-time augmentation, image by image (inference.predict).
+
+  Each local device takes every n-th image, in a thread of its own, with a Predictor whose
+  variables live on it: images of their own sizes (no padding, as mmseg runs them) cannot
+  share one pmapped program, so the devices run the same per-image programs side by side.
+  Counts are integers, so the matrix does not depend on which device took which image.
+  """
 
   def __init__(self, model, variables, num_classes, test):
-    self.predictor = inference.predictor_for_test(model, variables, test)
+    self.devices = jax.local_devices()
+    self.predictors = [inference.predictor_for_test(model, jax.device_put(variables, device),
+                                                    test) for device in self.devices]
     self.num_classes, self.test = num_classes, test
     self.matrix = np.zeros((num_classes, num_classes), np.int64)
+    self.pool = concurrent.futures.ThreadPoolExecutor(len(self.devices))
+    self.pending: list[concurrent.futures.Future] = []
+    self.added = 0
 
-  def add(self, image, label, source):
-    scores = inference.predict(self.predictor, image, self.test)
+  def _confusion(self, device_index, image, label, source) -> np.ndarray:
+    with jax.default_device(self.devices[device_index]):  # resizes and softmax there too
+      scores = inference.predict(self.predictors[device_index], image, self.test)
     label = np.asarray(label).reshape(scores.shape[:2]).astype(np.int64)
     metrics.check_labels(label, self.num_classes, source)
     valid = label != spec.IGNORE_LABEL
-    self.matrix += np.bincount(label[valid] * self.num_classes + scores.argmax(-1)[valid],
-                               minlength=self.num_classes ** 2).reshape(self.matrix.shape)
+    return np.bincount(label[valid] * self.num_classes + scores.argmax(-1)[valid],
+                       minlength=self.num_classes ** 2).reshape(self.matrix.shape)
+
+  def add(self, image, label, source):
+    self.pending.append(self.pool.submit(self._confusion, self.added % len(self.devices),
+                                         image, label, source))
+    self.added += 1
+    while len(self.pending) > 2 * len(self.devices):  # bounds the images held in memory
+      self.matrix += self.pending.pop(0).result()
 
   def num_shapes(self):
-    return len(self.predictor.compiled_shapes)
+    return len(set().union(*(p.compiled_shapes for p in self.predictors)))
 
   def result(self):
-    return self.matrix
+    """The [C, C] confusion matrix over every image added, summed over all processes."""
+    while self.pending:
+      self.matrix += self.pending.pop(0).result()
+    self.pool.shutdown()
+    return _sum_over_processes(self.matrix)
+
+
+def _sum_over_processes(matrix: np.ndarray) -> np.ndarray:
+  """[C, C] int64 summed over all processes (each evaluated its own share of a split)."""
+  if jax.process_count() > 1:
+    matrix = np.asarray(multihost_utils.process_allgather(matrix)).sum(0)
+  return matrix
 
 
 @functools.lru_cache(maxsize=None)
@@ -180,6 +214,4 @@ class _Buckets:
       self._run(key)
     matrix = np.zeros((self.num_classes,) * 2, np.int64) if self.matrix is None else (
         np.asarray(jax.device_get(self.matrix), np.int64))
-    if jax.process_count() > 1:
-      matrix = np.asarray(multihost_utils.process_allgather(matrix)).sum(0)
-    return matrix
+    return _sum_over_processes(matrix)

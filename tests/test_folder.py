@@ -99,7 +99,7 @@ def test_train_evaluate_and_predict_on_a_folder(tmp_path):
   trained = train_loop.train_and_evaluate(config, str(workdir))
 
   variables, _ = checkpoint.load_trained_variables(str(workdir), 'latest')
-  metrics, table = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
+  metrics, table, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
   assert metrics['mIoU'] == pytest.approx(trained['mIoU'])
   assert all(name in table for name in NAMES)  # classes.json's names
 

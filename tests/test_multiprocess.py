@@ -3,21 +3,27 @@
 The processes find each other through jax.distributed (coordinator on 127.0.0.1) and
 reduce over gloo, as hosts of a pod slice do over their interconnect. Their losses,
 parameters and validation metrics must equal one process with 4 devices on the same
-global batch; their checkpoints are written once and resumed by both.
+global batch; their checkpoints are written once and resumed by both. Two evaluate.py
+processes, each on its share of the split, give one process's confusion matrix.
 """
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import evaluate
 import tiny_config
-from psp_jax import train_loop
+from psp_jax import checkpoint, train_loop
+from psp_jax.models import build_model
 from test_preemption import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,22 +35,54 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_processes(workdir, data_dir, steps):
+def _env():
+  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+              JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+
+
+def start_two_processes(script, *args):
+  """`script` (train.py or evaluate.py) as processes 0 and 1 of 2, with 2 CPU devices each;
+  each process's stderr goes to a temporary file (`.log`), read by `log`."""
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
-  processes = [subprocess.Popen(
-      [sys.executable, 'train.py', '--config=tests/tiny_config.py', f'--workdir={workdir}',
-       f'--config.dataset.data_dir={data_dir}', f'--config.num_train_steps={steps}',
-       '--config.eval_every_steps=4', '--multiprocess', f'--coordinator_address=127.0.0.1:{port}',
-       '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  logs = [p.communicate(timeout=900)[1] for p in processes]
-  for i, (p, log) in enumerate(zip(processes, logs)):
+  processes = []
+  for i in range(2):
+    log_file = tempfile.TemporaryFile('w+')  # not a pipe: a full pipe would stall a process
+    process = subprocess.Popen(
+        [sys.executable, script, *args, '--multiprocess',
+         f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+        cwd=ROOT, env=_env(), stderr=log_file, text=True)
+    process.log = log_file
+    processes.append(process)
+  return processes
+
+
+def log(process) -> str:
+  process.log.seek(0)
+  return process.log.read()
+
+
+def finish(processes):
+  """Their logs, once both exited with status 0."""
+  for p in processes:
+    p.wait(timeout=900)
+  logs = [log(p) for p in processes]
+  for i, (p, text) in enumerate(zip(processes, logs)):
     # absl's errors and fatal lines first: an abort's stack dump fills the tail.
-    errors = '\n'.join(line for line in log.splitlines() if line[:1] in 'EF' and line[1:5].isdigit())
-    assert p.returncode == 0, f'process {i}:\n{errors[-3000:]}\n...\n{log[-2000:]}'
+    errors = '\n'.join(line for line in text.splitlines()
+                       if line[:1] in 'EF' and line[1:5].isdigit())
+    assert p.returncode == 0, f'process {i}:\n{errors[-3000:]}\n...\n{text[-2000:]}'
   return logs
+
+
+def train_args(workdir, data_dir, steps, *overrides):
+  return ['--config=tests/tiny_config.py', f'--workdir={workdir}',
+          f'--config.dataset.data_dir={data_dir}', f'--config.num_train_steps={steps}',
+          *overrides]
+
+
+def run_two_processes(workdir, data_dir, steps):
+  return finish(start_two_processes(
+      'train.py', *train_args(workdir, data_dir, steps, '--config.eval_every_steps=4')))
 
 
 def _config(data_dir, steps):
@@ -93,3 +131,38 @@ def test_both_processes_resume_from_the_shared_checkpoint(runs):
   for a, b in zip(jax.tree_util.tree_leaves(_params(runs['multi'], 6)),
                   jax.tree_util.tree_leaves(_params(runs['single'], 6))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# Slide windows (with a short last row and column), and three scales with flip.
+EVAL_MODES = {
+    'slide': ['--config.test.mode=slide', '--config.test.crop_size=(24, 40)',
+              '--config.test.stride=(16, 24)', '--config.test.window_batch=2'],
+    'multi_scale_flip': ['--config.test.scales=(0.75, 1.0, 1.5)', '--config.test.flip=True'],
+}
+
+
+@pytest.mark.parametrize('mode', sorted(EVAL_MODES))
+def test_two_processes_evaluate_their_shares_to_the_single_process_confusion_matrix(runs, mode,
+                                                                                     tmp_path):
+  """Slide and multi-scale + flip evaluation split over processes (each its share of the
+  split, its devices side by side) sum to one 4-device process's matrix, exactly."""
+  overrides = [f'--config.dataset.data_dir={runs["data_dir"]}', *EVAL_MODES[mode]]
+  output = str(tmp_path / 'eval.json')
+  logs = finish(start_two_processes('evaluate.py', '--config=tests/tiny_config.py',
+                                    f'--workdir={runs["multi"]}', '--which=latest',
+                                    f'--output={output}', *overrides))
+  with open(output) as f:
+    multi = np.asarray(json.load(f)['confusion_matrix'])
+
+  config = _config(runs['data_dir'], 4)
+  flags = {'mode': 'slide', 'crop_size': (24, 40), 'stride': (16, 24), 'window_batch': 2} \
+      if mode == 'slide' else {'scales': (0.75, 1.0, 1.5), 'flip': True}
+  config.test.update(flags)
+  model = build_model(config.model)
+  variables, _ = checkpoint.load_trained_variables(runs['multi'], 'latest')
+  _, _, single = evaluate.evaluate(config, model, variables, 'validation')
+  assert multi.sum() > 0
+  np.testing.assert_array_equal(multi, single)
+  for i, text in enumerate(logs):  # 3 validation scenes: 2 for process 0, 1 for process 1
+    assert re.search(rf'Process {i} of 2 evaluates its share of validation: {2 - i} of 3 '
+                     'examples', text), text[-2000:]

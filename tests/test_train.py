@@ -166,7 +166,7 @@ def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(interrupted_r
   config = tiny_config(interrupted_run['data_dir'], 3)
   config.test.resize = 'none'
   variables, step = checkpoint.load_trained_variables(interrupted_run['workdir'], 'best')
-  metrics, table = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
+  metrics, table, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
   # Training validated step 2 and step 3 on the same whole 48x256 scenes; the best is kept.
   expected = interrupted_run['second'] if step == 3 else interrupted_run['first']
   assert metrics['mIoU'] == pytest.approx(expected['mIoU'], abs=1e-6)
@@ -231,9 +231,9 @@ def test_bucketed_evaluate_agrees_with_per_image_evaluate(interrupted_run):
   config = tiny_config(interrupted_run['data_dir'], 3)
   config.test.resize = 'none'
   variables, _ = checkpoint.load_trained_variables(interrupted_run['workdir'], 'best')
-  per_image, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
+  per_image, _, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
   config.test.size_divisor = 16  # pmapped over the 4 simulated devices; 48x256 needs no padding
-  bucketed, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
+  bucketed, _, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
   assert bucketed['aAcc'] == pytest.approx(per_image['aAcc'], abs=0.01)
   assert bucketed['mIoU'] == pytest.approx(per_image['mIoU'], abs=0.01, nan_ok=True)
 
