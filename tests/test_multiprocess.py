@@ -4,16 +4,20 @@ The processes find each other through jax.distributed (coordinator on 127.0.0.1)
 reduce over gloo, as hosts of a pod slice do over their interconnect. Their losses,
 parameters and validation metrics must equal one process with 4 devices on the same
 global batch; their checkpoints are written once and resumed by both. Two evaluate.py
-processes, each on its share of the split, give one process's confusion matrix.
+processes, each on its share of the split, give one process's confusion matrix; a
+process killed at a random moment stops the other, and both resume bit-exactly.
 """
 
 import json
 import os
+import random
 import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import jax
 import numpy as np
@@ -166,3 +170,57 @@ def test_two_processes_evaluate_their_shares_to_the_single_process_confusion_mat
   for i, text in enumerate(logs):  # 3 validation scenes: 2 for process 0, 1 for process 1
     assert re.search(rf'Process {i} of 2 evaluates its share of validation: {2 - i} of 3 '
                      'examples', text), text[-2000:]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(runs, tmp_path_factory):
+  """Losses of an uninterrupted 2-process run of KILL_STEPS steps, a checkpoint every 2."""
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  finish(start_two_processes('train.py', *train_args(workdir, runs['data_dir'], KILL_STEPS,
+                                                     *KILL_OVERRIDES)))
+  values = losses(workdir)
+  assert sorted(values) == list(range(1, KILL_STEPS + 1))
+  return values
+
+
+KILL_STEPS = 8
+KILL_OVERRIDES = ('--config.eval_every_steps=0', '--config.checkpoint_every_steps=2',
+                  '--config.num_preview_images=0')
+
+
+@pytest.mark.parametrize('victim', [1, 0])
+def test_a_killed_process_stops_the_other_and_both_resume_bit_exactly(runs, uninterrupted,
+                                                                       victim, tmp_path):
+  """kill -9 of one process at a random moment (a seeded draw) of a 2-process run: the
+  other exits within 2 minutes naming it, instead of waiting at its next collective, and
+  rerunning both gives the uninterrupted run's loss at every step."""
+  workdir = str(tmp_path)
+  args = train_args(workdir, runs['data_dir'], KILL_STEPS, *KILL_OVERRIDES)
+  processes = start_two_processes('train.py', *args)
+  moment = random.Random(victim).uniform(0.0, 1.0)  # after this fraction of the steps
+  target = max(1, round(moment * (KILL_STEPS - 1)))
+  deadline = time.time() + 600
+  while time.time() < deadline and processes[0].poll() is None:  # process 0 logs every step
+    if any(int(n) >= target for n in re.findall(rf'step (\d+)/{KILL_STEPS}', log(processes[0]))):
+      break
+    time.sleep(0.05)
+  processes[victim].kill()
+  killed = time.time()
+  survivor = processes[1 - victim]
+  try:
+    survivor.wait(timeout=120)
+  except subprocess.TimeoutExpired:
+    survivor.kill()
+    pytest.fail(f'process {1 - victim} still ran 2 minutes after process {victim} was killed '
+                f'at step {target}')
+  processes[victim].wait()
+  assert survivor.returncode != 0 and processes[victim].returncode == -signal.SIGKILL
+  named = (r'leader task was preempted/died' if victim == 0 else
+           rf'Task {victim} heartbeat timeout|stopped sending heartbeats\):\s*{victim}\b')
+  assert re.search(named, log(survivor)), log(survivor)[-3000:]
+
+  finish(start_two_processes('train.py', *args))
+  got = losses(workdir)
+  assert sorted(got) == list(range(1, KILL_STEPS + 1))
+  for step, values in got.items():  # bit-exact, including steps the killed run had logged
+    assert values == [uninterrupted[step][0]] * len(values), step
