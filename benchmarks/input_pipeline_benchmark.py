@@ -48,7 +48,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from psp_jax import augment as augment_lib  # noqa: E402
-from psp_jax import input_pipeline  # noqa: E402
+from psp_jax import input_pipeline, resumable_iterator  # noqa: E402
 from psp_jax import config as ade20k_config  # noqa: E402  (its defaults are the ADE20K recipe)
 from psp_jax.datasets import ade20k, records  # noqa: E402
 
@@ -215,6 +215,21 @@ def measure(ds: tf.data.Dataset, per_element: int, warmup: int, window: int, win
           'cpu_ms_per_img': 1e3 * statistics.median(cpu)}
 
 
+def saved_state_bytes(builder, augment_config, per_device_batch: int) -> int:
+  """Bytes `ResumableIterator.save` writes (this process's stream position) after 3 batches."""
+  dataset = input_pipeline.create_split(builder, 'train', augment_config, per_device_batch)
+  directory = tempfile.mkdtemp(prefix='data_state_')
+  try:
+    batches = resumable_iterator.ResumableIterator(dataset, per_device_batch, directory)
+    for _ in range(3):
+      next(batches)
+    batches.save(3)
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(directory) for name in names)
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--num_images', type=int, default=200, help='generated training images')
@@ -229,6 +244,8 @@ def main():
                       help='keeps archive and TFDS data here (reused if already prepared); '
                            'default: a temporary directory, removed at the end')
   parser.add_argument('--seed', type=int, default=0, help='of the generated images')
+  parser.add_argument('--saved_state', action='store_true',
+                      help='also print the bytes of one saved stream position')
   parser.add_argument('--out', default=None, help='JSON file for the table')
   args = parser.parse_args()
 
@@ -246,6 +263,8 @@ def main():
       if wanted is None or number in wanted:
         rows.append({'stage': name, **measure(ds, per_element, args.warmup_images,
                                               args.window_images, args.windows)})
+    state_bytes = (saved_state_bytes(builder, config.augment, args.per_device_batch)
+                   if args.saved_state else None)
   finally:
     if not args.workdir:
       shutil.rmtree(workdir, ignore_errors=True)
@@ -255,6 +274,9 @@ def main():
         f'tf {tf.__version__}; {len(sizes)} images, mean {statistics.mean(megapixels):.3f} MP '
         f'(max {max(megapixels):.2f}); crop {tuple(config.augment.crop_size)}; prepared in '
         f'{prepare_s:.0f} s')
+  if state_bytes is not None:
+    print(f'saved stream position: {state_bytes} bytes per process (per-device batch '
+          f'{args.per_device_batch})')
   header = ('stage', 'img_s', 'img_s_min', 'img_s_max', 'cpu_ms_per_img')
   print(' | '.join(header))
   for row in rows:
@@ -263,7 +285,8 @@ def main():
     with open(args.out, 'w') as f:
       json.dump({'cores': os.cpu_count(), 'tf': tf.__version__, 'args': vars(args),
                  'augment': config.augment.to_dict(), 'mean_megapixels':
-                 statistics.mean(megapixels), 'rows': rows, 'date': time.strftime('%Y-%m-%d')},
+                 statistics.mean(megapixels), 'rows': rows, 'saved_state_bytes': state_bytes,
+                 'date': time.strftime('%Y-%m-%d')},
                 f, indent=2)
 
 
