@@ -58,5 +58,8 @@ def test_tiny_train_and_eval_steps_compile_for_a_v5e_topology(tmp_path):
   assert train['per_device_batch'] == config.batch_size // 4
   assert train['argument_bytes'] >= state_bytes + batch_bytes
   assert train['alias_bytes'] >= state_bytes
-  # Forward and backward: at least twice the eval step's FLOPs per image at the same size.
-  assert train['flops'] > 2 * evaluation['flops']
+  # Forward and backward (about 3x the forward) against the eval step at the same size,
+  # which is the forward plus a bilinear resize to the label and a one-hot confusion
+  # matrix, not small next to the tiny net's forward (train 1.97x eval with 10 classes): a
+  # train step without its backward pass would come in under the eval step.
+  assert train['flops'] > 1.5 * evaluation['flops']
