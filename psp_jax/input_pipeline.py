@@ -94,6 +94,8 @@ def shard_order(position: tf.Tensor, size: int, device_seed: tf.Tensor) -> tf.Te
   (device_seed, e), computed for one position without materialising it.
   """
   epoch, offset = position // size, position % size
-  epoch_seed = tf.random.experimental.stateless_fold_in(device_seed, epoch)
+  # -1: a stream of seeds of its own, apart from the augmentation's (positions p >= 0).
+  order_seed = tf.random.experimental.stateless_fold_in(device_seed, -1)
+  epoch_seed = tf.random.experimental.stateless_fold_in(order_seed, epoch)
   return tf.random.experimental.index_shuffle(offset, epoch_seed,
                                               tf.constant(size - 1, tf.int64))
