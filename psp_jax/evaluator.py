@@ -86,9 +86,10 @@ def evaluate_split(evaluator: Evaluator, builder, decode, split: str, variables:
 class _ImageByImage:
   """Sliding windows or test-time augmentation, image by image (inference.predict).
 
-  Each local device takes every n-th image, in a thread of its own, with a Predictor whose
-  variables live on it: images of their own sizes (no padding, as mmseg runs them) cannot
-  share one pmapped program, so the devices run the same per-image programs side by side.
+  Each of the n local devices takes every n-th image, with a Predictor whose variables live
+  on it, and a pool of n threads keeps them busy: images of their own sizes (no padding, as
+  mmseg runs them) cannot share one pmapped program, so the devices run the same per-image
+  programs side by side.
   Counts are integers, so the matrix does not depend on which device took which image.
   """
 
