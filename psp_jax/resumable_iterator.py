@@ -17,6 +17,7 @@ from typing import Optional
 import jax
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 
 def _path(directory: str, step: int) -> str:
@@ -29,7 +30,13 @@ def saved_position(directory: str, step: int) -> Optional[int]:
   if not os.path.isfile(path):
     return None
   with open(path) as f:
-    return int(json.load(f)['position'])
+    state = json.load(f)
+  if state['devices'] != jax.device_count():
+    logging.warning('The data stream position of step %d was saved with %d devices, now '
+                    'there are %d: each device reads another shard of the split, so the '
+                    'examples from here on differ from an uninterrupted run\'s.', step,
+                    state['devices'], jax.device_count())
+  return int(state['position'])
 
 
 class ResumableIterator:

@@ -330,3 +330,22 @@ def test_devices_read_disjoint_shards_covering_the_split():
     assert bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
     assert all(end > first for first, end in bounds)
+
+
+def test_a_saved_position_reads_back_and_another_device_count_is_warned_of(tmp_path):
+  from unittest import mock
+
+  import jax
+  from psp_jax import resumable_iterator
+  batches = resumable_iterator.ResumableIterator(
+      tf.data.Dataset.range(100).batch(2), 2, str(tmp_path), position=6)
+  next(batches), next(batches)
+  batches.save(5)
+  with mock.patch.object(resumable_iterator.logging, 'warning') as warning:
+    assert resumable_iterator.saved_position(str(tmp_path), 5) == 10
+    assert resumable_iterator.saved_position(str(tmp_path), 4) is None
+    warning.assert_not_called()
+    path = tmp_path / '5' / f'process_{jax.process_index()}.json'
+    path.write_text(path.read_text().replace(f'"devices": {jax.device_count()}', '"devices": 99'))
+    assert resumable_iterator.saved_position(str(tmp_path), 5) == 10
+    assert warning.call_count == 1 and 99 in warning.call_args.args
