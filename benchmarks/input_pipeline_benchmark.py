@@ -155,8 +155,7 @@ def _stage_dataset(builder, per_device_batch: int, fn, decode: bool = True) -> t
   skip = {k: tfds.decode.SkipDecoding() for k in keys} if not decode else None
 
   def prepare(index):
-    serialized = tf.numpy_function(lambda i: stored[i], [index], tf.string, stateful=False)
-    example = features.deserialize_example(tf.ensure_shape(serialized, []), decoders=skip)
+    example = features.deserialize_example(stored.read(index), decoders=skip)
     return fn(index, example['image'], example['segmentation_mask'])
 
   ds = tf.data.Dataset.range(2 ** 62).map(

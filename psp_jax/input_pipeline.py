@@ -51,8 +51,7 @@ def create_split(builder, split: str, config: Mapping[str, Any], per_device_batc
   stored = records.split_records(builder, split)
 
   def prepare(example_seed, index):
-    serialized = tf.numpy_function(lambda i: stored[i], [index], tf.string, stateful=False)
-    image, label = read(features.deserialize_example(tf.ensure_shape(serialized, [])))
+    image, label = read(features.deserialize_example(stored.read(index)))
     image = tf.ensure_shape(image, [None, None, 3])
     image, label = augment.augment(image, label, example_seed, config)
     return {spec.IMAGE: image, spec.LABEL: label}

@@ -91,6 +91,11 @@ class SplitRecords:
     handle.seek(int(offset))
     return handle.read(int(length))
 
+  def read(self, index: tf.Tensor) -> tf.Tensor:
+    """`self[index]` as a TF op inside tf.data: scalar int64 -> scalar string."""
+    serialized = tf.numpy_function(lambda i: self[i], [index], tf.string, stateful=False)
+    return tf.ensure_shape(serialized, [])
+
 
 def split_records(builder: tfds.core.DatasetBuilder, split: str) -> SplitRecords:
   """The examples of `split` of a prepared `builder`, example i the one
