@@ -28,7 +28,7 @@ import evaluate
 import tiny_config
 from psp_jax import checkpoint, train_loop
 from psp_jax.models import build_model
-from test_preemption import losses
+from test_preemption import assert_same_losses, losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,11 +137,11 @@ def test_both_processes_resume_from_the_shared_checkpoint(runs):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-# Slide windows (with a short last row and column), and three scales with flip.
+# config.test of each mode: slide windows (with a short last row and column), and three
+# scales with flip.
 EVAL_MODES = {
-    'slide': ['--config.test.mode=slide', '--config.test.crop_size=(24, 40)',
-              '--config.test.stride=(16, 24)', '--config.test.window_batch=2'],
-    'multi_scale_flip': ['--config.test.scales=(0.75, 1.0, 1.5)', '--config.test.flip=True'],
+    'slide': {'mode': 'slide', 'crop_size': (24, 40), 'stride': (16, 24), 'window_batch': 2},
+    'multi_scale_flip': {'scales': (0.75, 1.0, 1.5), 'flip': True},
 }
 
 
@@ -150,7 +150,8 @@ def test_two_processes_evaluate_their_shares_to_the_single_process_confusion_mat
                                                                                      tmp_path):
   """Slide and multi-scale + flip evaluation split over processes (each its share of the
   split, its devices side by side) sum to one 4-device process's matrix, exactly."""
-  overrides = [f'--config.dataset.data_dir={runs["data_dir"]}', *EVAL_MODES[mode]]
+  overrides = [f'--config.dataset.data_dir={runs["data_dir"]}',
+               *(f'--config.test.{key}={value}' for key, value in EVAL_MODES[mode].items())]
   output = str(tmp_path / 'eval.json')
   logs = finish(start_two_processes('evaluate.py', '--config=tests/tiny_config.py',
                                     f'--workdir={runs["multi"]}', '--which=latest',
@@ -159,9 +160,7 @@ def test_two_processes_evaluate_their_shares_to_the_single_process_confusion_mat
     multi = np.asarray(json.load(f)['confusion_matrix'])
 
   config = _config(runs['data_dir'], 4)
-  flags = {'mode': 'slide', 'crop_size': (24, 40), 'stride': (16, 24), 'window_batch': 2} \
-      if mode == 'slide' else {'scales': (0.75, 1.0, 1.5), 'flip': True}
-  config.test.update(flags)
+  config.test.update(EVAL_MODES[mode])
   model = build_model(config.model)
   variables, _ = checkpoint.load_trained_variables(runs['multi'], 'latest')
   _, _, single = evaluate.evaluate(config, model, variables, 'validation')
@@ -205,7 +204,6 @@ def test_a_killed_process_stops_the_other_and_both_resume_bit_exactly(runs, unin
       break
     time.sleep(0.05)
   processes[victim].kill()
-  killed = time.time()
   survivor = processes[1 - victim]
   try:
     survivor.wait(timeout=120)
@@ -220,7 +218,4 @@ def test_a_killed_process_stops_the_other_and_both_resume_bit_exactly(runs, unin
   assert re.search(named, log(survivor)), log(survivor)[-3000:]
 
   finish(start_two_processes('train.py', *args))
-  got = losses(workdir)
-  assert sorted(got) == list(range(1, KILL_STEPS + 1))
-  for step, values in got.items():  # bit-exact, including steps the killed run had logged
-    assert values == [uninterrupted[step][0]] * len(values), step
+  assert_same_losses(workdir, uninterrupted, KILL_STEPS)  # steps logged twice included
