@@ -153,9 +153,12 @@ def compile_report(program: str, config, topology_name: str, devices, **shape) -
   return report
 
 
-def max_batch(config, topology_name: str, devices, start: int, emit) -> int:
-  """The largest per-device train batch that fits (0 if not even one does)."""
-  reports = {}
+def max_batch(config, topology_name: str, devices, start: int, emit, known=()) -> int:
+  """The largest per-device train batch that fits (0 if not even one does).
+
+  `known`: train reports already compiled with this config (not compiled again).
+  """
+  reports = {r['per_device_batch']: r for r in known}
 
   def fit(b: int) -> bool:
     if b == 0:
@@ -200,15 +203,18 @@ def main(argv):
   def emit(report):
     print(json.dumps(report), flush=True)
 
+  reports = []
   for program in FLAGS.programs:
     if program not in ('train', 'eval'):
       raise app.UsageError(f'--programs: train and/or eval, not {program!r}.')
     shape = dict(per_device_batch=per_device) if program == 'train' else dict(eval_size=size)
-    emit(compile_report(program, config, FLAGS.topology, devices, **shape))
+    reports.append(compile_report(program, config, FLAGS.topology, devices, **shape))
+    emit(reports[-1])
   if FLAGS.max_batch:
     for remat in (False, True):
+      known = [r for r in reports if r['program'] == 'train' and r['remat'] == remat]
       config.model.remat = remat
-      best = max_batch(config, FLAGS.topology, devices, per_device, emit)
+      best = max_batch(config, FLAGS.topology, devices, per_device, emit, known)
       emit(dict(program='train', search='result', topology=FLAGS.topology, remat=remat,
                 crop=list(config.augment.crop_size), dtype=config.model.dtype,
                 max_per_device_batch=best))
