@@ -3,6 +3,7 @@ r"""Compiles psp_jax's own train and eval steps for a TPU topology, without a TP
   pip install -e ".[tpu]"    # libtpu: the TPU compiler runs on any x86 host
   python benchmarks/compile_tpu.py --config=configs/ade20k.py --topology=v5e:2x2 \
       [--per_device_batch=4] [--programs=train,eval] [--max_batch] [--config.model.dtype=bfloat16]
+  pip install -e ".[cuda12]"  # XLA's GPU compiler, for --topology=h100:1x1x4 (no GPU needed)
 
 The train program is train.py's: `train_step.pmapped_train_step_for` of the config (sync
 BN over the topology's devices, `lax.pmean` of gradients, the config's optimizer, state
@@ -15,6 +16,9 @@ and a roofline lower bound on step time from the chip's published peak bf16 FLOP
 bandwidth. These are compile-time figures, not measured speed. A device is a chip, except
 on v4, whose abstract topology has one per TensorCore (2 per chip, each with half the
 chip's HBM, FLOP/s and bandwidth); JAX on a v4 VM runs one per chip (megacore).
+The same for GPUs with `--topology=h100:SLICESxHOSTSxGPUS` (gpu_target.py: XLA's GPU
+compiler given a target description instead of a device): memory only, as XLA has no cost
+analysis there, against the pool JAX allocates (`--gpu_memory_fraction` of the memory).
 --max_batch finds the largest per-device train batch that fits its HBM, without and
 with `remat` (a linear fit of memory in the batch from two compiles, then compiles at the
 prediction and one above it).
@@ -43,18 +47,25 @@ from psp_jax import (config_check, evaluator, inference, kernels,  # pylint: dis
                      optimizer, train_step)
 from psp_jax.models.pspnet import build_model  # pylint: disable=wrong-import-position
 
-# Per chip: HBM (GiB), peak dense bf16 TFLOP/s, HBM bandwidth (GB/s), from Google Cloud's
-# TPU version pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), 2026.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_target  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Per chip: HBM (GiB), peak dense bf16 TFLOP/s, HBM bandwidth (GB/s). TPUs: Google Cloud's
+# TPU version pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), 2026. H100: NVIDIA's
+# H100 SXM data sheet (989 TFLOP/s dense bf16, 3.35 TB/s), memory as the board reports it.
 CHIPS = {
-    'v4': dict(hbm_gib=32, bf16_tflops=275, hbm_gbps=1200),
-    'v5e': dict(hbm_gib=16, bf16_tflops=197, hbm_gbps=819),
-    'v5p': dict(hbm_gib=95, bf16_tflops=459, hbm_gbps=2765),
-    'v6e': dict(hbm_gib=32, bf16_tflops=918, hbm_gbps=1640),
+    'v4': dict(platform='tpu', hbm_gib=32, bf16_tflops=275, hbm_gbps=1200),
+    'v5e': dict(platform='tpu', hbm_gib=16, bf16_tflops=197, hbm_gbps=819),
+    'v5p': dict(platform='tpu', hbm_gib=95, bf16_tflops=459, hbm_gbps=2765),
+    'v6e': dict(platform='tpu', hbm_gib=32, bf16_tflops=918, hbm_gbps=1640),
+    'h100': dict(platform='cuda', hbm_gib=gpu_target.H100_SXM['device_memory_size'] / 2**30,
+                 bf16_tflops=989, hbm_gbps=3352),
 }
 
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
-flags.DEFINE_string('topology', 'v5e:2x2', 'TPU topology: ' + ', '.join(
-    f'{k}:...' for k in CHIPS) + ' (e.g. v4:2x2x1, v5p:2x2x1, v6e:2x2).')
+flags.DEFINE_string('topology', 'v5e:2x2', 'TPU topology or GPU target: ' + ', '.join(
+    f'{k}:...' for k in CHIPS) + ' (e.g. v4:2x2x1, v5p:2x2x1, v6e:2x2; h100:1x1x4 is one '
+    'host of 4 GPUs: slices x hosts x GPUs per host).')
 flags.DEFINE_integer('per_device_batch', None, 'Train images per device; default the '
                      'recipe\'s batch_size over the topology\'s devices.')
 flags.DEFINE_list('programs', ['train', 'eval'], 'Which programs to compile.')
@@ -62,6 +73,9 @@ flags.DEFINE_list('eval_size', None, 'Eval image height,width before padding; de
                   'crop size.')
 flags.DEFINE_bool('max_batch', False, 'Also find the largest per-device train batch that fits, '
                   'without and with remat.')
+flags.DEFINE_float('gpu_memory_fraction', 0.75, 'GPUs: the share of memory JAX allocates '
+                   'for its pool (XLA_PYTHON_CLIENT_MEM_FRACTION, whose default is 0.75); '
+                   '"fits" is against it.')
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
@@ -73,13 +87,24 @@ def chip_of(topology_name: str) -> str:
   return chip
 
 
+def topology_devices(topology_name: str):
+  """Compile-only devices of a TPU topology ('v5e:2x2') or GPU target ('h100:1x1x4')."""
+  chip = chip_of(topology_name)
+  if CHIPS[chip]['platform'] == 'tpu':
+    return topologies.get_topology_desc(topology_name=topology_name, platform='tpu').devices
+  shape = topology_name.partition(':')[2] or '1x1x1'
+  return topologies.get_topology_desc(
+      platform='cuda', target_config=gpu_target.target_config(gpu_target.TARGETS[chip]),
+      topology=shape).devices
+
+
 def _stacked(tree, n: int):
   """Per-device shapes of `tree`, stacked over `n` devices as pmap takes them."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), tree)
 
 
 def _train_program(config, devices, per_device_batch: int):
-  mode = kernels.resolve(config.model.kernels, 'tpu')
+  mode = kernels.resolve(config.model.kernels, devices[0].platform)
   model = build_model(config.model, bn_axis_name='batch' if config.sync_bn else None,
                       kernels=mode)
   height, width = config.augment.crop_size
@@ -96,7 +121,7 @@ def _train_program(config, devices, per_device_batch: int):
 
 
 def _eval_program(config, devices, size):
-  mode = kernels.resolve(config.model.kernels, 'tpu')
+  mode = kernels.resolve(config.model.kernels, devices[0].platform)
   model = build_model(config.model, kernels=mode)
   divisor = config.test.size_divisor or 1
   padded = [inference.round_up(n, divisor) for n in size]
@@ -120,12 +145,16 @@ def compile_report(program: str, config, topology_name: str, devices, **shape) -
     step, args = _eval_program(config, devices, shape['eval_size'])
   # v4's abstract topology has one device per TensorCore (2 per chip); a v4 VM's JAX runs
   # one device per chip (megacore). Every figure below is per device, and so is the budget.
-  cores = len({d.core_on_chip for d in devices})
+  cores = len({getattr(d, 'core_on_chip', 0) for d in devices})
   hbm_gib, peak, bandwidth = (chip[k] / cores for k in ('hbm_gib', 'bf16_tflops', 'hbm_gbps'))
+  if chip['platform'] == 'cuda':
+    hbm_gib *= FLAGS.gpu_memory_fraction
+  chips = len({tuple(getattr(d, 'coords', (d.process_index, d.id))) for d in devices})
   report = dict(program=program, topology=topology_name, device_kind=devices[0].device_kind,
-                devices=len(devices), chips=len({tuple(d.coords) for d in devices}),
+                devices=len(devices), chips=chips,
                 devices_per_chip=cores, **shape, crop=list(config.augment.crop_size),
-                dtype=config.model.dtype, remat=bool(config.model.remat), hbm_gib=hbm_gib)
+                dtype=config.model.dtype, remat=bool(config.model.remat),
+                hbm_gib=round(hbm_gib, 2))
   start = time.perf_counter()
   try:
     compiled = step.lower(*args).compile()
@@ -143,13 +172,15 @@ def compile_report(program: str, config, topology_name: str, devices, **shape) -
            for k in ('argument', 'output', 'alias', 'temp', 'generated_code')}
   total = sizes['argument'] + sizes['output'] - sizes['alias'] + sizes['temp'] + sizes[
       'generated_code']
-  flops, accessed = float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
-  images = shape.get('per_device_batch', 1)
   report.update({f'{k}_bytes': v for k, v in sizes.items()})
-  report.update(
-      total_bytes=total, total_gib=round(total / 2**30, 3), fits=total <= hbm_gib * 2**30,
-      flops=flops, bytes_accessed=accessed, gflops_per_image=round(flops / images / 1e9, 1),
-      roofline_ms=round(1e3 * max(flops / (peak * 1e12), accessed / (bandwidth * 1e9)), 2))
+  report.update(total_bytes=total, total_gib=round(total / 2**30, 3),
+                fits=total <= hbm_gib * 2**30)
+  if 'flops' in cost:  # not for a GPU without a device
+    flops, accessed = float(cost['flops']), float(cost.get('bytes accessed', 0.0))
+    images = shape.get('per_device_batch', 1)
+    report.update(
+        flops=flops, bytes_accessed=accessed, gflops_per_image=round(flops / images / 1e9, 1),
+        roofline_ms=round(1e3 * max(flops / (peak * 1e12), accessed / (bandwidth * 1e9)), 2))
   return report
 
 
@@ -194,9 +225,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = FLAGS.config
   config_check.check_config(config)
-  chip_of(FLAGS.topology)
-  topology = topologies.get_topology_desc(topology_name=FLAGS.topology, platform='tpu')
-  devices = topology.devices
+  devices = topology_devices(FLAGS.topology)
   per_device = FLAGS.per_device_batch or max(1, config.batch_size // len(devices))
   size = [int(n) for n in FLAGS.eval_size] if FLAGS.eval_size else list(config.augment.crop_size)
 
