@@ -201,7 +201,8 @@ def write(report: dict, out: str) -> list[str]:
   lines = [f"# GPU check, {report['date']}", '',
            f"{kind} x{report['devices']} ({report['driver']}); jax {report['jax']}, "
            f"torch {report['torch']}; bf16 peak {peak} TFLOP/s; {report['wall_s']:.0f} s"
-           + (' (smoke: tiny model)' if smoke else ''), '']
+           + (' (smoke: tiny model)' if smoke else '')
+           + (f"; XLA_FLAGS={report['xla_flags']}" if report.get('xla_flags') else ''), '']
   columns = sorted({k for r in report['rows'] for k in r if k != 'row'})
   lines += ['| row | ' + ' | '.join(columns) + ' |', '|' + ' --- |' * (len(columns) + 1)]
   for r in report['rows']:
@@ -235,6 +236,7 @@ def main():
   report = {'date': time.strftime('%Y-%m-%d %H:%M'), 'device_kind': kind,
             'devices': jax.device_count(), 'driver': _driver(), 'jax': jax.__version__,
             'jaxlib': jax.lib.__version__ if hasattr(jax.lib, '__version__') else '',
+            'xla_flags': os.environ.get('XLA_FLAGS', ''),
             'smoke': args.smoke, 'peak_bf16_tflops': peak, 'rows': []}
   reference = _torch()
   report['torch'] = f'{reference[0].__version__} on {reference[1]}' if reference else 'absent'

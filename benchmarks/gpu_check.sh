@@ -23,4 +23,15 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import ml_collections, mmseg' 
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-exec timeout 480 python3 benchmarks/gpu_check.py "$@"
+# Compiled without a device (benchmarks/compile_tpu.py --topology=h100:...), XLA 0.10.2's
+# Triton GEMM tiling fails on a fused dot of the loss ("Couldn't find output tile sizes");
+# if a real H100 does too, the rest of the 8 minutes runs with cuBLAS for every dot (the
+# report's xla_flags says so).
+log=$(mktemp)
+status=0
+timeout 480 python3 benchmarks/gpu_check.py "$@" 2> >(tee "$log" >&2) || status=$?
+if [[ $status -ne 0 ]] && grep -q "Couldn't find output tile sizes" "$log"; then
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false"
+  exec timeout $((480 - SECONDS)) python3 benchmarks/gpu_check.py "$@"
+fi
+exit $status
