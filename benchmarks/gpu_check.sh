@@ -30,7 +30,7 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 log=$(mktemp)
 status=0
 timeout 480 python3 benchmarks/gpu_check.py "$@" 2> >(tee "$log" >&2) || status=$?
-if [[ $status -ne 0 ]] && grep -q "Couldn't find output tile sizes" "$log"; then
+if [[ $status -ne 0 && $SECONDS -lt 420 ]] && grep -q "Couldn't find output tile sizes" "$log"; then
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false"
   exec timeout $((480 - SECONDS)) python3 benchmarks/gpu_check.py "$@"
 fi
