@@ -223,8 +223,13 @@ def max_batch(config, topology_name: str, devices, start: int, emit, known=()) -
       hbm = reports[low]['hbm_gib'] * 2**30
       guess = int((hbm - fixed) // max(per_image, 1.0))
       low, high = high, high + 1
-      if guess > low:
-        low, high = (guess, guess + 1) if fit(guess) else (low, guess)
+      if guess > low:  # memory grows a little faster than the fit: try one below next
+        if fit(guess):
+          low, high = guess, guess + 1
+        elif guess - 1 > low and fit(guess - 1):
+          low, high = guess - 1, guess
+        else:
+          high = guess - 1 if guess - 1 > low else guess
       while fit(high):
         low, high = high, 2 * high
   while high - low > 1:
