@@ -13,6 +13,8 @@ Writes DIR/gpu_check.json and DIR/gpu_check.md with:
   batch 8 and 16 with kernels='xla': images/s, MFU against the device's bf16 dense peak,
   and mmseg's PSPNet under torch.autocast(bfloat16) at the same shapes, alternated (A/B);
 - whole-image eval (logits at input size) images/s over a batch sweep, A/B the same way;
+- the train step at the smaller batch with the CPU kernels' blockwise loss (no
+  full-resolution logits in memory), to see whether GPUs should have it too;
 - jax_speedup = PyTorch seconds / JAX seconds (> 1: psp_jax faster);
 - the largest per-device train batch without and with remat, from XLA's memory analysis
   (two compiles give memory per image; the prediction is compiled and run to confirm).
@@ -35,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 from psp_jax import config as base_config  # pylint: disable=wrong-import-position
 from psp_jax import build_model  # pylint: disable=wrong-import-position
+from psp_jax.kernels import cross_entropy  # pylint: disable=wrong-import-position
 
 # Dense bf16 peak TFLOP/s by device kind (NVIDIA's H100 / H200 SXM data sheets; the
 # "with sparsity" figures are twice these).
@@ -288,6 +291,24 @@ def main():
     del ours
     progress(f'eval batch {batch}')
   del variables, mmseg
+
+  # The CPU kernels' blockwise loss never holds the full-resolution logits, which are half of
+  # the train step's memory on an H100 (RESULTS.md, compiled without a device): is it fast
+  # enough on a GPU to be the default there?
+  batch = train_batches[0]
+  compiled, state, data, compile_s = benchmark.train_compiled(
+      model, batch, size, num_classes, cross_entropy.upsampled_cross_entropy_sums)
+  holder = [state]
+
+  def blockwise(compiled=compiled, data=data, holder=holder):
+    holder[0], metrics = compiled(holder[0], data)
+    jax.block_until_ready(metrics)
+  seconds = _median_seconds(blockwise, iters, warmup)
+  report['rows'].append({'row': f'train bf16 {batch}x{size}x{size}, blockwise loss',
+                         'psp_jax_img_s': batch / seconds, 'compile_s': compile_s,
+                         'xla_bytes': _total_bytes(compiled)})
+  del compiled, state, data, holder
+  progress('blockwise loss')
 
   limited = bool((jax.devices()[0].memory_stats() or {}).get('bytes_limit'))
   for remat in (False, True) if limited else ():
