@@ -186,6 +186,9 @@ def compile_report(program: str, config, topology_name: str, devices, **shape) -
   total = sizes['argument'] + sizes['output'] - sizes['alias'] + sizes['temp'] + sizes[
       'generated_code']
   report.update({f'{k}_bytes': v for k, v in sizes.items()})
+  # Buffers XLA placed in host memory (offloaded), not counted against the device's.
+  report['host_bytes'] = sum(int(getattr(memory, f'host_{k}_size_in_bytes', 0))
+                             for k in ('argument', 'output', 'temp'))
   report.update(total_bytes=total, total_gib=round(total / 2**30, 3),
                 fits=total <= hbm_gib * 2**30)
   if 'flops' in cost:  # not for a GPU without a device
