@@ -20,8 +20,10 @@ The same for GPUs with `--topology=h100:SLICESxHOSTSxGPUS` (gpu_target.py: XLA's
 compiler given a target description instead of a device): memory only, as XLA has no cost
 analysis there, against the pool JAX allocates (`--gpu_memory_fraction` of the memory).
 --max_batch finds the largest per-device train batch that fits its HBM, without and
-with `remat` (a linear fit of memory in the batch from two compiles, then compiles at the
-prediction and one above it).
+with `remat`: compiles at the start batch and twice it, at a linear fit's prediction and
+one above (or below), then bisects. "Fits" is libtpu's own verdict on a TPU (it refuses a
+program over its HBM); libtpu's memory is neither linear nor monotonic in the batch, so
+the bisection may take several compiles there.
 """
 
 import json
