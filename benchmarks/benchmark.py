@@ -73,14 +73,19 @@ def train_compiled(model, batch, size, num_classes, cross_entropy_sums=None):
   return compiled, state, data, time.perf_counter() - start
 
 
-def _jax_train(model, batch, size, num_classes):
-  compiled, state, data, compile_s = train_compiled(model, batch, size, num_classes)
+def train_runner(compiled, state, data):
+  """One call of a `train_compiled` step, carrying its donated state from call to call."""
   holder = [state]
 
   def run():
     holder[0], metrics = compiled(holder[0], data)
     jax.block_until_ready(metrics)
-  return run, compile_s, _flops(compiled)
+  return run
+
+
+def _jax_train(model, batch, size, num_classes):
+  compiled, state, data, compile_s = train_compiled(model, batch, size, num_classes)
+  return train_runner(compiled, state, data), compile_s, _flops(compiled)
 
 
 def _mmseg_runs(batch, size, train_batch, train_size, num_classes):

@@ -54,14 +54,14 @@ import gpu_target  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Per chip: HBM (GiB), peak dense bf16 TFLOP/s, HBM bandwidth (GB/s). TPUs: Google Cloud's
 # TPU version pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), 2026. H100: NVIDIA's
-# H100 SXM data sheet (989 TFLOP/s dense bf16, 3.35 TB/s), memory as the board reports it.
+# H100 SXM data sheet (989 TFLOP/s dense bf16), memory and bandwidth as gpu_target.py's.
 CHIPS = {
     'v4': dict(platform='tpu', hbm_gib=32, bf16_tflops=275, hbm_gbps=1200),
     'v5e': dict(platform='tpu', hbm_gib=16, bf16_tflops=197, hbm_gbps=819),
     'v5p': dict(platform='tpu', hbm_gib=95, bf16_tflops=459, hbm_gbps=2765),
     'v6e': dict(platform='tpu', hbm_gib=32, bf16_tflops=918, hbm_gbps=1640),
     'h100': dict(platform='cuda', hbm_gib=gpu_target.H100_SXM['device_memory_size'] / 2**30,
-                 bf16_tflops=989, hbm_gbps=3352),
+                 bf16_tflops=989, hbm_gbps=gpu_target.H100_SXM['memory_bandwidth'] / 1e9),
 }
 
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)

@@ -259,11 +259,7 @@ def main():
   for batch in train_batches:
     compiled, state, data, compile_s = benchmark.train_compiled(model, batch, size, num_classes)
     memory[False][batch] = _total_bytes(compiled)
-    holder = [state]
-
-    def ours(compiled=compiled, data=data, holder=holder):
-      holder[0], metrics = compiled(holder[0], data)
-      jax.block_until_ready(metrics)
+    ours = benchmark.train_runner(compiled, state, data)
     theirs = mmseg_train_fn(mmseg, batch, size, num_classes) if mmseg else None
     calls = benchmark._ab(ours, theirs, iters, warmup)  # pylint: disable=protected-access
     t_ours = float(np.median(calls['ours'][warmup:]))
@@ -274,7 +270,7 @@ def main():
         'mmseg_amp_img_s': batch / t_theirs, 'jax_speedup': t_theirs / t_ours,
         'compile_s': compile_s, 'tflop_s': flops / t_ours / 1e12,
         'mfu': flops / t_ours / 1e12 / peak, 'xla_bytes': memory[False][batch]})
-    del compiled, state, data, holder
+    del compiled, state, data, ours
     progress(f'train batch {batch}')
 
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
@@ -298,16 +294,11 @@ def main():
   batch = train_batches[0]
   compiled, state, data, compile_s = benchmark.train_compiled(
       model, batch, size, num_classes, cross_entropy.upsampled_cross_entropy_sums)
-  holder = [state]
-
-  def blockwise(compiled=compiled, data=data, holder=holder):
-    holder[0], metrics = compiled(holder[0], data)
-    jax.block_until_ready(metrics)
-  seconds = _median_seconds(blockwise, iters, warmup)
+  seconds = _median_seconds(benchmark.train_runner(compiled, state, data), iters, warmup)
   report['rows'].append({'row': f'train bf16 {batch}x{size}x{size}, blockwise loss',
                          'psp_jax_img_s': batch / seconds, 'compile_s': compile_s,
                          'xla_bytes': _total_bytes(compiled)})
-  del compiled, state, data, holder
+  del compiled, state, data
   progress('blockwise loss')
 
   limited = bool((jax.devices()[0].memory_stats() or {}).get('bytes_limit'))
