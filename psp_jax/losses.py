@@ -4,6 +4,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from psp_jax import errors, resample, spec
 
@@ -52,6 +53,30 @@ def downsample_labels(labels: jnp.ndarray, rate: int,
   return padded[:, rate // 2::rate, rate // 2::rate]
 
 
+def check_labels(labels: Any, num_classes: int, ignore_label: int = spec.IGNORE_LABEL) -> None:
+  """Raises unless `labels` is [B, H, W] integer class ids in [0, num_classes) or `ignore_label`.
+
+  `segmentation_loss` runs this itself on concrete labels; inside `jax.jit` the values are
+  not known, so call it on the host batch before the jitted step (a label >= num_classes
+  would otherwise give a NaN loss, and a negative one a finite wrong one).
+  """
+  if labels.ndim != 3:
+    raise errors.InputError(
+        f'labels must be [B, H, W] class ids, got shape {tuple(labels.shape)}'
+        f'{" (drop the last axis: labels[..., 0])" if labels.ndim == 4 and labels.shape[-1] == 1 else ""}.')
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise errors.InputError(f'labels are {labels.dtype}: give integer class ids (int32).')
+  if isinstance(labels, jax.core.Tracer):
+    return
+  values = np.unique(np.asarray(labels))
+  bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
+  if bad.size:
+    raise errors.InputError(
+        f'labels hold {bad[:5].tolist()}: class ids must be in [0, {num_classes}) or '
+        f'{ignore_label} (ignored); remap them (e.g. a reduce_zero_label or a void class -> '
+        f'{ignore_label}).')
+
+
 def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
                       aux_weight: float = 0.4, average: str = 'valid',
                       align_corners: bool = False, ignore_label: int = spec.IGNORE_LABEL,
@@ -73,7 +98,7 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
 
   Args:
     outputs: model outputs, 'logits' and optionally 'aux_logits', [B, h, w, K].
-    labels: [B, H, W] int32.
+    labels: [B, H, W] int32, checked (`check_labels`) where the values are concrete.
   Returns:
     (loss to differentiate, {'loss', 'main_loss', 'aux_loss', 'pixel_accuracy'} over
     the global batch; pixel accuracy of the main head on labelled pixels, at the
@@ -81,6 +106,10 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
   """
   if average not in ('valid', 'all'):
     raise errors.InputError(f"loss average must be 'valid' or 'all', got {average!r}.")
+  check_labels(labels, outputs['logits'].shape[-1], ignore_label)
+  if labels.shape[0] != outputs['logits'].shape[0]:
+    raise errors.InputError(f'labels are {tuple(labels.shape)} for logits of '
+                            f'{tuple(outputs["logits"].shape)}: one label map per image.')
   if segm_downsampling_rate != 1:
     labels = downsample_labels(labels, segm_downsampling_rate, ignore_label)
     for key in ('logits', 'aux_logits'):

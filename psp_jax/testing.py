@@ -130,11 +130,14 @@ def reference_features(backbone, images_nhwc: np.ndarray) -> list[np.ndarray]:
 
 
 def reference_gradients(model, images_nhwc: np.ndarray, labels: np.ndarray, dtype,
-                        train: bool = True, average: str = 'valid') -> tuple[float, dict]:
+                        train: bool = True, average: str = 'valid',
+                        autocast: bool = False) -> tuple[float, dict]:
   """mmseg's d(CE(main) + 0.4 CE(aux))/d(parameter) on a copy of `model` in `dtype`.
 
   The logits are upsampled as mmseg's heads do (bilinear, align_corners=False), ignore
   label 255, the mean over labelled pixels ('valid') or all pixels ('all'); dropout off.
+  `autocast`: the forward under torch.autocast('cpu', bfloat16) (convolutions in
+  bfloat16, BatchNorm statistics and the loss in float32), the model in float32.
   Returns (loss, {parameter name: float64 gradient}).
   """
   import copy  # pylint: disable=g-import-not-at-top
@@ -142,13 +145,15 @@ def reference_gradients(model, images_nhwc: np.ndarray, labels: np.ndarray, dtyp
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   model = copy.deepcopy(model).to(dtype).train(train)
   heads = ((model.decode_head, 1.0), (model.auxiliary_head, 0.4))
-  feats = model.extract_feat(_nchw(images_nhwc).to(dtype))
   target = torch.from_numpy(labels).long()
   loss = 0
-  for head, weight in heads:
-    head.dropout = None
-    logits = F.interpolate(head(feats), labels.shape[1:], mode='bilinear', align_corners=False)
-    total = F.cross_entropy(logits, target, ignore_index=255, reduction='sum')
-    loss = loss + weight * total / ((target != 255).sum() if average == 'valid' else target.numel())
+  with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+    feats = model.extract_feat(_nchw(images_nhwc).to(dtype))
+    for head, weight in heads:
+      head.dropout = None
+      logits = F.interpolate(head(feats), labels.shape[1:], mode='bilinear', align_corners=False)
+      total = F.cross_entropy(logits.to(dtype), target, ignore_index=255, reduction='sum')
+      loss = loss + weight * total / ((target != 255).sum() if average == 'valid'
+                                      else target.numel())
   loss.backward()
   return loss.item(), {k: p.grad.double().numpy() for k, p in model.named_parameters()}

@@ -100,15 +100,17 @@ def _kernel_grad(grad, window, precision):
   """[C, O] = window^T grad over batch and space, the narrower operand on the left.
 
   XLA:CPU copies the left operand transposed for the dot, fusing into the copy
-  whatever computes that operand: the narrower one is the cheaper copy. At equal widths the gradient goes left, as its producer is a single
-  fusion where the window's is the residual stream's BatchNorm/ReLU chain.
+  whatever computes that operand: the narrower one is the cheaper copy. At equal widths
+  the gradient goes left, as its producer is a single fusion where the window's is the
+  residual stream's BatchNorm/ReLU chain. The sum over batch and space is in at least
+  float32, with both operands cast first: XLA:CPU has no dot of bfloat16 operands into
+  a float32 result on every machine ("Unsupported element type for DotThunk").
   """
   accumulate = jnp.promote_types(window.dtype, jnp.float32)
+  window, grad = window.astype(accumulate), grad.astype(accumulate)
   if window.shape[-1] < grad.shape[-1]:
-    return jnp.einsum('bhwc,bhwo->co', window, grad, precision=precision,
-                      preferred_element_type=accumulate)
-  return jnp.einsum('bhwo,bhwc->oc', grad, window, precision=precision,
-                    preferred_element_type=accumulate).T
+    return jnp.einsum('bhwc,bhwo->co', window, grad, precision=precision)
+  return jnp.einsum('bhwo,bhwc->oc', grad, window, precision=precision).T
 
 
 _cpu_conv_grads.defvjp(_forward, _backward)
@@ -126,9 +128,9 @@ def _pointwise_forward(x, kernel, precision, preferred_element_type):
 
 def _pointwise_backward(precision, preferred_element_type, residuals, grad):
   x, kernel = residuals
-  x_grad = jnp.einsum('bhwo,co->bhwc', grad.astype(x.dtype), kernel, precision=precision,
-                      preferred_element_type=jnp.promote_types(x.dtype, jnp.float32)
-                      ).astype(x.dtype)
+  accumulate = jnp.promote_types(x.dtype, jnp.float32)
+  x_grad = jnp.einsum('bhwo,co->bhwc', grad.astype(accumulate), kernel.astype(accumulate),
+                      precision=precision).astype(x.dtype)
   return x_grad, _kernel_grad(grad.astype(x.dtype), x, precision).astype(kernel.dtype)
 
 

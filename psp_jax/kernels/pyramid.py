@@ -10,7 +10,7 @@ outputs (up to float rounding) as models/pspnet.py's plain head, fewer FLOPs and
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -61,15 +61,32 @@ def upsampled_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, size: tuple[int, int]
   return jnp.einsum('iyh,bihxo->byxo', rows, taps)
 
 
-class _Kernel(nn.Module):
-  """A bare conv kernel parameter, stored where nn.Conv stores its own ('conv/kernel')."""
-  shape: tuple[int, ...]
-  kernel_init: Callable
-  param_dtype: Any = jnp.float32
+class _ConcatConv3x3(nn.Module):
+  """The 3x3 convolution of concat([x, upsampled branches]), computed without the concat.
+
+  Its one parameter is where nn.Conv stores its own ('conv/kernel'), and its output is
+  what the plain head's nn.Conv returns, so capture_intermediates records the same value.
+  """
+  features: int
+  conv: Any      # the model's nn.Conv definition: its dtype, param_dtype, init and lowering
+  align_corners: bool = False
 
   @nn.compact
-  def __call__(self) -> jnp.ndarray:
-    return self.param('kernel', self.kernel_init, self.shape, self.param_dtype)
+  def __call__(self, x: jnp.ndarray, branches: Sequence[jnp.ndarray]) -> jnp.ndarray:
+    """x: [B, h, w, C], branches: [B, n, n, c] each -> [B, h, w, features]."""
+    conv = self.conv(self.features, (3, 3), parent=None)  # read, never called
+    widths = [x.shape[-1]] + [y.shape[-1] for y in branches]
+    kernel = self.param('kernel', conv.kernel_init, (3, 3, sum(widths), self.features),
+                        conv.param_dtype)
+    parts = jnp.split(kernel.astype(conv.dtype), np.cumsum(widths)[:-1], axis=2)
+    out = conv.conv_general_dilated(
+        x.astype(conv.dtype), parts[0], (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, parts[0].shape,
+                                                         ('NHWC', 'HWIO', 'NHWC')))
+    for y, part in zip(branches, parts[1:]):
+      out = out + upsampled_conv3x3(y.astype(conv.dtype), part, x.shape[1:3],
+                                    self.align_corners)
+    return out
 
 
 class PyramidBottleneck(nn.Module):
@@ -79,23 +96,12 @@ class PyramidBottleneck(nn.Module):
   then the branches by bin): 'conv/kernel' [3, 3, C + sum(branch widths), features], 'bn'.
   """
   features: int
-  conv: Any      # the model's nn.Conv definition: its dtype, param_dtype, init and lowering
+  conv: Any      # the model's nn.Conv definition
   norm: Any      # the model's BatchNorm definition
   align_corners: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, branches: Sequence[jnp.ndarray]) -> jnp.ndarray:
     """x: [B, h, w, C], branches: [B, n, n, c] each -> [B, h, w, features]."""
-    conv = self.conv(self.features, (3, 3), parent=None)  # read, never called
-    widths = [x.shape[-1]] + [y.shape[-1] for y in branches]
-    kernel = _Kernel((3, 3, sum(widths), self.features), conv.kernel_init, conv.param_dtype,
-                     name='conv')()
-    parts = jnp.split(kernel.astype(conv.dtype), np.cumsum(widths)[:-1], axis=2)
-    out = conv.conv_general_dilated(
-        x.astype(conv.dtype), parts[0], (1, 1), ((1, 1), (1, 1)),
-        dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, parts[0].shape,
-                                                         ('NHWC', 'HWIO', 'NHWC')))
-    for y, part in zip(branches, parts[1:]):
-      out = out + upsampled_conv3x3(y.astype(conv.dtype), part, x.shape[1:3],
-                                    self.align_corners)
+    out = _ConcatConv3x3(self.features, self.conv, self.align_corners, name='conv')(x, branches)
     return nn.relu(self.norm(name='bn')(out))

@@ -63,7 +63,8 @@ class BatchNorm(nn.Module):
             f'{" on each of the devices of axis " + repr(self.axis_name) if self.axis_name else ""}'
             ' (as PyTorch, BatchNorm cannot estimate a variance from one value). A pyramid '
             'bin of 1 needs at least 2 images per BatchNorm group: raise the batch size per '
-            'device, or use config.sync_bn=True.')
+            'device, or share statistics across devices (train.py: config.sync_bn=True; '
+            'your own pmap or shard_map: build the model with bn_axis_name=<its axis name>).')
       if not self.is_initializing():
         m = self.momentum
         running_mean.value = (1 - m) * running_mean.value + m * mean

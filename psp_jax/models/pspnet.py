@@ -6,37 +6,69 @@ mode of psp_jax.kernels rewrites for speed come in as `ops`; the parameters are 
 """
 
 import functools
+import numbers
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from psp_jax import errors, kernels as kernel_lib
-from psp_jax.models.batch_norm import BatchNorm
 from psp_jax.models import resnet
-from psp_jax.models.resnet import DilatedResNet, ModuleDef, conv_init
+from psp_jax.models.resnet import DilatedResNet, ModuleDef, module_defs
 
 # mmseg's decode heads initialise the classifier with N(0, 0.01) and a zero bias.
 classifier_init = nn.initializers.normal(0.01)
 
 
-def module_defs(train: bool, bn_axis_name: str | None = None, dtype: Any = jnp.float32,
-                param_dtype: Any = jnp.float32,
-                ops: kernel_lib.Kernels = kernel_lib.Kernels(),
-                bn_momentum: float = 0.1) -> tuple[ModuleDef, ModuleDef]:
-  """(conv, norm): the nn.Conv and BatchNorm definitions every layer of the model uses.
+def check_bins(bins: Sequence[int], field: str) -> None:
+  """Pyramid bin counts are whole numbers >= 1 (an empty tuple: no pyramid)."""
+  if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
+             for n in bins):
+    raise errors.InputError(f'{field}={tuple(bins)}: each bin count must be a whole number '
+                            '>= 1, (1, 2, 3, 6) in the paper; () for a dilated FCN.')
 
-  Convolutions have no bias (each is followed by BN) and torchvision's initialisation;
-  BatchNorm is PyTorch's BatchNorm2d (eps 1e-5, momentum `bn_momentum`, PyTorch's
-  convention: 0.1 as BatchNorm2d, 0.001 as CSAIL's SynchronizedBatchNorm2d), synchronised
-  over the pmap axis `bn_axis_name` when set.
-  """
-  conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype,
-                           param_dtype=param_dtype, conv_general_dilated=ops.conv_general_dilated)
-  norm = functools.partial(BatchNorm, use_running_average=not train, momentum=bn_momentum,
-                           epsilon=1e-5, axis_name=bn_axis_name, dtype=dtype,
-                           param_dtype=param_dtype)
-  return conv, norm
+
+def check_fields(model: 'PSPNet') -> None:
+  """Every field of a PSPNet that cannot build a network, as 'field=value: what is allowed'."""
+  def positive(field, allow_none=False):
+    value = getattr(model, field)
+    if allow_none and value is None:
+      return
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+      raise errors.InputError(f'{field}={value!r}: give a whole number >= 1'
+                              f'{" or None" if allow_none else ""}.')
+  for field in ('num_classes', 'channels', 'aux_channels', 'base_width'):
+    positive(field)
+  positive('ppm_channels', allow_none=True)
+  check_bins(model.pool_scales, 'pool_scales')
+  resnet.stage_sizes(model.depth)
+  resnet.stage_strides_and_dilations(model.output_stride)
+  kernel_lib.resolve(model.kernels, 'cpu')
+  if model.stem not in ('deep', 'classic'):
+    raise errors.InputError(f"stem={model.stem!r}: use 'deep' or 'classic'.")
+  if model.aux_in_index not in (None, 0, 1, 2, 3):
+    raise errors.InputError(f'aux_in_index={model.aux_in_index!r}: use a stage index 0-3 '
+                            '(2, stage 3, in mmseg), or None for no auxiliary head.')
+  if not 0 <= model.dropout_rate < 1:
+    raise errors.InputError(f'dropout_rate={model.dropout_rate}: must be in [0, 1).')
+  if not 0 <= model.bn_momentum <= 1:
+    raise errors.InputError(f'bn_momentum={model.bn_momentum}: must be in [0, 1] '
+                            '(PyTorch\'s convention, 0.1).')
+
+
+def check_images(images: jnp.ndarray, output_stride: int) -> None:
+  """Images the network can take: [B, H, W, 3], floating, at least `output_stride` pixels."""
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise errors.InputError(f'images must be [B, H, W, 3] (NHWC), got shape {images.shape}.')
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise errors.InputError(
+        f'images are {images.dtype}: PSPNet takes floating images normalised with ImageNet\'s '
+        'mean and standard deviation; psp_jax.normalize(images) does that from 0-255 RGB.')
+  small = [d for d in images.shape[1:3] if isinstance(d, int) and d < output_stride]
+  if small:
+    raise errors.InputError(
+        f'images of {images.shape[1]}x{images.shape[2]} pixels: each side must be at least '
+        f'the output stride, {output_stride} (smaller images all give one logit cell).')
 
 
 class ConvBNReLU(nn.Module):
@@ -66,24 +98,42 @@ class PyramidPooling(nn.Module):
     channels: output channels of each branch; None means in_channels // len(bins).
     align_corners: upsampling convention, False as mmseg, True as semseg.
   """
-  bins: Sequence[int]
-  conv: ModuleDef
-  norm: ModuleDef
+  bins: Sequence[int] = (1, 2, 3, 6)
+  conv: ModuleDef | None = None
+  norm: ModuleDef | None = None
   channels: int | None = None
   align_corners: bool = False
   ops: kernel_lib.Kernels = kernel_lib.Kernels()
+  train: bool = False  # BatchNorm's mode when `norm` is None
 
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    """x: [B, h, w, C] -> [B, h, w, C + len(bins) * channels]."""
+  def __post_init__(self):
+    check_bins(self.bins, 'bins')
+    if self.channels is not None and self.channels < 1:
+      raise errors.InputError(f'PyramidPooling(channels={self.channels}): give at least 1, '
+                              'or None for in_channels // len(bins).')
+    super().__post_init__()
+
+  def __call__(self, x: jnp.ndarray,
+               branches: Sequence[jnp.ndarray] | None = None) -> jnp.ndarray:
+    """x: [B, h, w, C] -> [B, h, w, C + len(bins) * channels].
+
+    `branches`: `self.branches(x)` if the caller already has them (the fused head).
+    """
+    if branches is None:
+      branches = self.branches(x)
     upsampled = [self.ops.resize_bilinear(y, x.shape[1:3], self.align_corners)
-                 for y in self.branches(x)]
+                 for y in branches]
     return jnp.concatenate([x] + upsampled, axis=-1)
 
   @nn.compact
   def branches(self, x: jnp.ndarray) -> list[jnp.ndarray]:
     """x: [B, h, w, C] -> the branches before upsampling, [B, n, n, channels] per bin."""
     channels = self.channels or x.shape[-1] // len(self.bins)
-    return [ConvBNReLU(channels, 1, self.conv, self.norm, name=f'branch{i}')(pooled)
+    conv, norm = self.conv, self.norm
+    if conv is None or norm is None:
+      default_conv, default_norm = module_defs(self.train)
+      conv, norm = conv or default_conv, norm or default_norm
+    return [ConvBNReLU(channels, 1, conv, norm, name=f'branch{i}')(pooled)
             for i, pooled in enumerate(self.ops.adaptive_avg_pools(x, self.bins))]
 
 
@@ -101,22 +151,32 @@ class SegHead(nn.Module):
   ops: kernel_lib.Kernels = kernel_lib.Kernels()
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """x: [B, h, w, C] -> logits [B, h, w, num_classes]."""
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               with_pyramid: bool = False) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
+    """x: [B, h, w, C] -> logits [B, h, w, num_classes]; with `with_pyramid`,
+    (pyramid [B, h, w, C + len(bins) * ppm_channels], logits)."""
+    pyramid = None
     if self.bins:
       ppm = PyramidPooling(self.bins, self.conv, self.norm, self.ppm_channels,
                            self.align_corners, self.ops, name='ppm')
       if self.ops.pyramid_bottleneck:  # the same parameters, without the concatenation
+        branches = ppm.branches(x)
+        # The concatenation the fused bottleneck avoids, made only when someone reads it,
+        # so that capture_intermediates records the same calls in every mode.
+        if with_pyramid or self.is_mutable_collection('intermediates'):
+          pyramid = ppm(x, branches)
         x = self.ops.pyramid_bottleneck(self.channels, self.conv, self.norm, self.align_corners,
-                                        name='bottleneck')(x, ppm.branches(x))
+                                        name='bottleneck')(x, branches)
       else:
-        x = ConvBNReLU(self.channels, 3, self.conv, self.norm, name='bottleneck')(ppm(x))
+        pyramid = ppm(x)
+        x = ConvBNReLU(self.channels, 3, self.conv, self.norm, name='bottleneck')(pyramid)
     else:
       x = ConvBNReLU(self.channels, 3, self.conv, self.norm, name='bottleneck')(x)
     # nn.Dropout2d: whole channels are dropped, so the mask broadcasts over H and W.
     x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
-    return self.conv(self.num_classes, (1, 1), use_bias=True, kernel_init=classifier_init,
-                     name='conv_seg')(x)
+    logits = self.conv(self.num_classes, (1, 1), use_bias=True, kernel_init=classifier_init,
+                       name='conv_seg')(x)
+    return (pyramid, logits) if with_pyramid else logits
 
 
 class PSPNet(nn.Module):
@@ -153,15 +213,36 @@ class PSPNet(nn.Module):
   param_dtype: Any = jnp.float32
   kernels: str = 'auto'
 
+  def __post_init__(self):
+    try:
+      check_fields(self)
+    except errors.InputError as error:
+      raise errors.InputError(f'PSPNet {error}') from None
+    super().__post_init__()
+
   @property
   def ops(self) -> kernel_lib.Kernels:
     return kernel_lib.get(self.kernels)
 
-  @nn.compact
   def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
-    """images: [B, H, W, 3] normalised (ImageNet mean/std)."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise errors.InputError(f'images must be [B, H, W, 3] (NHWC), got shape {images.shape}.')
+    """images: [B, H, W, 3] floating, normalised (ImageNet mean/std, `psp_jax.normalize`)."""
+    return self._forward(images, train, False)
+
+  def features(self, images: jnp.ndarray, train: bool = False) -> dict[str, Any]:
+    """What the network computes on the way, the same tree and values in every kernels mode.
+
+    `model.apply(variables, images, method='features')` returns
+      'stages': the backbone's four stage outputs, [B, ~H/4, ~W/4, C1] ... [B, h, w, C4];
+      'pyramid': the pyramid pooling module's output as the paper draws it, the stage-4
+        features and the upsampled branches concatenated, [B, h, w, C4 + len(bins) * c]
+        (absent without bins);
+      'logits' and 'aux_logits' (absent without the auxiliary head), as `__call__`.
+    """
+    return self._forward(images, train, True)
+
+  @nn.compact
+  def _forward(self, images: jnp.ndarray, train: bool, with_features: bool) -> dict[str, Any]:
+    check_images(images, self.output_stride)
     ops = self.ops
     conv, norm = module_defs(train, self.bn_axis_name, self.dtype, self.param_dtype, ops,
                              self.bn_momentum)
@@ -173,14 +254,20 @@ class PSPNet(nn.Module):
     head = functools.partial(SegHead, self.num_classes, conv=conv, norm=norm,
                              dropout_rate=self.dropout_rate, align_corners=self.align_corners,
                              ops=ops)
-    outputs = {'logits': head(self.channels, bins=tuple(self.pool_scales),
-                              ppm_channels=self.ppm_channels, name='decode_head')(
-                                  features[3], train)}
+    decoded = head(self.channels, bins=tuple(self.pool_scales), ppm_channels=self.ppm_channels,
+                   name='decode_head')(features[3], train, with_pyramid=with_features)
+    pyramid, logits = decoded if with_features else (None, decoded)
+    outputs = {'logits': logits}
     if self.aux_in_index is not None:
       outputs['aux_logits'] = head(self.aux_channels, name='auxiliary_head')(
           features[self.aux_in_index], train)
     logits_dtype = jnp.promote_types(self.dtype, jnp.float32)
-    return {key: value.astype(logits_dtype) for key, value in outputs.items()}
+    outputs = {key: value.astype(logits_dtype) for key, value in outputs.items()}
+    if with_features:
+      outputs['stages'] = list(features)
+      if pyramid is not None:
+        outputs['pyramid'] = pyramid
+    return outputs
 
   def upsample(self, logits: jnp.ndarray, size: Sequence[int]) -> jnp.ndarray:
     """[B, h, w, K] -> [B, H, W, K]: bilinear, as F.interpolate with the model's align_corners."""
@@ -196,13 +283,16 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.floa
            'float64': jnp.float64}
 
 
-def build_model(config: Mapping[str, Any], **overrides: Any) -> PSPNet:
-  """Builds a PSPNet from `config.model` (an ml_collections.ConfigDict or a dict).
+def build_model(config: Mapping[str, Any] | None = None, **overrides: Any) -> PSPNet:
+  """A PSPNet from `config.model` (an ml_collections.ConfigDict or a dict), keywords, or both.
 
-  `overrides` are applied last, e.g. `bn_axis_name='batch'` from the train loop.
-  Unknown keys are an error, so a typo in a config cannot be silently ignored.
+  `build_model(config.model)` as train.py does; `build_model(num_classes=3, depth=18)`
+  from keywords alone (PSPNet's defaults are mmseg's pspnet_r50-d8); `overrides` are
+  applied last, e.g. `bn_axis_name='batch'` from the train loop. dtypes may be names
+  ('bfloat16'). Unknown keys are an error, so a typo in a config cannot be silently
+  ignored; so is any value that cannot build a network, before anything is traced.
   """
-  kwargs = dict(config)
+  kwargs = dict(config or {})
   kwargs.update(overrides)
   for key in ('dtype', 'param_dtype'):
     if isinstance(kwargs.get(key), str):
@@ -217,11 +307,9 @@ def build_model(config: Mapping[str, Any], **overrides: Any) -> PSPNet:
   for key in ('stem_widths', 'pool_scales'):
     if key in kwargs:
       kwargs[key] = tuple(kwargs[key])
-  model = PSPNet(**kwargs)
-  # A bad value fails here, in the caller's first seconds, not when the model is traced.
+  try:
+    model = PSPNet(**kwargs)
+  except errors.InputError as error:
+    raise errors.InputError(str(error).replace('PSPNet ', 'config.model.', 1)) from None
   kernel_lib.resolve(model.kernels)
-  resnet.stage_strides_and_dilations(model.output_stride)
-  resnet.stage_sizes(model.depth)
-  if model.num_classes < 1:
-    raise errors.InputError(f'config.model.num_classes={model.num_classes}: give at least 1.')
   return model

@@ -6,18 +6,43 @@ have PyTorch's sizes on any input (including sizes that are not multiples of 8).
 passed in by the model, as in flax's examples/imagenet.
 """
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from psp_jax import errors, resample
+from psp_jax.models.batch_norm import BatchNorm
 
 ModuleDef = Any
 
 
 # torchvision/mmcv ResNet initialisation: kaiming normal, fan_out, for ReLU.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def module_defs(train: bool, bn_axis_name: str | None = None, dtype: Any = jnp.float32,
+                param_dtype: Any = jnp.float32, ops: Any = None,
+                bn_momentum: float = 0.1) -> tuple[ModuleDef, ModuleDef]:
+  """(conv, norm): the nn.Conv and BatchNorm definitions every layer of the model uses.
+
+  Convolutions have no bias (each is followed by BN) and torchvision's initialisation;
+  BatchNorm is PyTorch's BatchNorm2d (eps 1e-5, momentum `bn_momentum`, PyTorch's
+  convention: 0.1 as BatchNorm2d, 0.001 as CSAIL's SynchronizedBatchNorm2d), synchronised
+  over the pmap axis `bn_axis_name` when set. `ops`: a psp_jax.kernels.Kernels whose
+  convolution lowering nn.Conv calls; None for lax's own.
+  """
+  conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype,
+                           param_dtype=param_dtype,
+                           conv_general_dilated=(ops.conv_general_dilated if ops
+                                                 else jax.lax.conv_general_dilated))
+  norm = functools.partial(BatchNorm, use_running_average=not train, momentum=bn_momentum,
+                           epsilon=1e-5, axis_name=bn_axis_name, dtype=dtype,
+                           param_dtype=param_dtype)
+  return conv, norm
+
 
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
@@ -31,7 +56,7 @@ STAGE_SIZES = {
 def stage_sizes(depth: int) -> tuple[int, ...]:
   """Blocks per stage of the ResNet of `depth`."""
   if depth not in STAGE_SIZES:
-    raise errors.InputError(f'config.model.depth={depth}: use one of {sorted(STAGE_SIZES)}.')
+    raise errors.InputError(f'depth={depth}: use one of {sorted(STAGE_SIZES)}.')
   return STAGE_SIZES[depth]
 
 
@@ -47,7 +72,7 @@ def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tu
       32: ((1, 2, 2, 2), (1, 1, 1, 1)),
   }
   if output_stride not in plans:
-    raise errors.InputError(f'output_stride must be 8, 16 or 32, got {output_stride}.')
+    raise errors.InputError(f'output_stride={output_stride}: use 8, 16 or 32.')
   return plans[output_stride]
 
 
@@ -141,11 +166,15 @@ class DilatedResNet(nn.Module):
       dilation as well (CSAIL's ResnetDilated); mmseg leaves it at 1.
     base_width: channels of the first stage's 3x3 convs (64 in every standard ResNet).
     remat: rematerialise each block in the backward pass (saves activation memory).
-    conv, norm: nn.Conv and BatchNorm module definitions (dtype, train mode, sync axis).
+    conv, norm: nn.Conv and BatchNorm module definitions (dtype, train mode, sync axis);
+      None: `module_defs(train)`, float32 convolutions without bias and PyTorch's
+      BatchNorm2d, unsynchronised.
+    train: BatchNorm's mode when `norm` is None (batch statistics, running averages kept
+      in 'batch_stats'); a given `norm` carries its own.
     max_pool, keep: the stem's max pool and the residual-stream identity (psp_jax.kernels).
   """
-  conv: ModuleDef
-  norm: ModuleDef
+  conv: ModuleDef | None = None
+  norm: ModuleDef | None = None
   max_pool: Callable = resample.max_pool
   keep: Callable | None = None
   depth: int = 50
@@ -156,15 +185,34 @@ class DilatedResNet(nn.Module):
   dilate_basic_conv2: bool = False
   base_width: int = 64
   remat: bool = False
+  train: bool = False
+
+  def __post_init__(self):
+    stage_sizes(self.depth)
+    stage_strides_and_dilations(self.output_stride)
+    if self.stem not in ('deep', 'classic'):
+      raise errors.InputError(f"DilatedResNet(stem={self.stem!r}): use 'deep' or 'classic'.")
+    widths = tuple(self.stem_widths)
+    if (len(widths) != 3 if self.stem == 'deep' else not widths) or not all(
+        isinstance(w, int) and w >= 1 for w in widths):
+      raise errors.InputError(
+          f'DilatedResNet(stem_widths={widths}): the deep stem takes three channel counts '
+          '>= 1, (32, 32, 64) as mmseg or (64, 64, 128) as semseg; the classic one uses the '
+          'last, (64,).')
+    if not isinstance(self.base_width, int) or self.base_width < 1:
+      raise errors.InputError(f'DilatedResNet(base_width={self.base_width}): give at least 1 '
+                              '(64 in every standard ResNet).')
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
     """Args: x: [B, H, W, 3] normalised images. Returns the outputs of stages 1-4,
     [B, ~H/4, ~W/4, C1] ... [B, ~H/s, ~W/s, C4] for output stride s."""
     sizes = stage_sizes(self.depth)
-    if self.stem not in ('deep', 'classic'):
-      raise errors.InputError(f"stem must be 'deep' or 'classic', got {self.stem!r}.")
     conv, norm = self.conv, self.norm
+    if conv is None or norm is None:
+      default_conv, default_norm = module_defs(self.train)
+      conv, norm = conv or default_conv, norm or default_norm
 
     if self.stem == 'deep':
       for i, (width, stride) in enumerate(zip(self.stem_widths, (2, 1, 1))):
