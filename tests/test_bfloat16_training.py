@@ -10,6 +10,8 @@ against its float32 model; PyTorch's torch.autocast('cpu', bfloat16) against its
 model. Closeness is the relative L2 distance of the whole gradient.
 """
 
+import re
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -92,3 +94,38 @@ def test_bfloat16_train_step_is_as_close_to_float32_as_pytorch_autocast(referenc
   ours = _relative_l2(bfloat16, float32)
   print(f'{mode}: psp_jax bfloat16 {ours:.4f}, PyTorch autocast {theirs:.4f} (relative L2)')
   assert ours <= theirs, (ours, theirs)
+
+
+# A dot or convolution of bfloat16 operands into a float32 result: XLA:CPU's DotThunk has
+# no such kernel on machines without AVX512-BF16 ("Unsupported element type for
+# DotThunk::Execute: BF16 x BF16 = F32"), so the jitted step would crash there.
+_MIXED = re.compile(r'stablehlo\.(dot_general|convolution)[^\n]*:\s*'
+                    r'\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\) -> tensor<[^>]*xf32>')
+
+
+def test_the_check_for_mixed_precision_dots_sees_one():
+  a = jax.ShapeDtypeStruct((2, 16, 16, 32), jnp.bfloat16)
+  b = jax.ShapeDtypeStruct((2, 16, 16, 8), jnp.bfloat16)
+  text = jax.jit(lambda a, b: jnp.einsum('bhwc,bhwo->co', a, b,
+                                         preferred_element_type=jnp.float32)).lower(a, b)
+  assert _MIXED.search(text.as_text())
+
+
+@pytest.mark.parametrize('mode', ['xla', 'cpu'])
+def test_the_bfloat16_train_step_asks_for_no_mixed_precision_dot(mode):
+  model = build_model(num_classes=NUM_CLASSES, depth=18, stem_widths=(8, 8, 16), base_width=16,
+                      channels=16, ppm_channels=8, aux_channels=8, dropout_rate=0.0,
+                      kernels=mode, dtype='bfloat16')
+  images = jax.ShapeDtypeStruct((2, *SIZE, 3), jnp.float32)
+  labels = jax.ShapeDtypeStruct((2, *SIZE), jnp.int32)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
+  state = jax.eval_shape(lambda v: train_step.TrainState.create(
+      apply_fn=model.apply, params=v['params'], tx=optax.sgd(0.1),
+      batch_stats=v['batch_stats'], dropout_rng=jax.random.PRNGKey(0)), variables)
+  step = jax.jit(lambda state, batch: train_step.train_step(
+      state, batch, lambda count: 0.1, axis_name=None,
+      cross_entropy_sums=model.ops.cross_entropy_sums))
+  text = step.lower(state, {'image': images, 'label': labels}).as_text()
+  assert 'bf16' in text
+  mixed = _MIXED.search(text)
+  assert not mixed, mixed.group(0)
