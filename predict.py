@@ -7,8 +7,9 @@ model) or --workdir a training workdir (its best checkpoint). config.test decide
 protocol (whole or sliding window, test resize, scales, flip); the dataset in the config
 gives the class names and palette. For each image NAME.EXT, OUT/NAME.EXT_mask.png holds the
 colour mask and OUT/NAME.EXT_overlay.png the blend with a legend of the classes present.
-EXIF orientation is applied first, as photo viewers do. A file that cannot be read is
-reported in one line and skipped; the exit status is then 1.
+EXIF orientation is applied first, as photo viewers do. A file that cannot be read, or
+an image of more than --max_pixels pixels, is reported in one line and skipped; the exit
+status is then 1.
 """
 
 import os
@@ -28,6 +29,8 @@ config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, te
 flags.DEFINE_string('checkpoint', None, 'Variables written by psp_jax.convert.')
 flags.DEFINE_string('workdir', None, 'Training workdir (its best checkpoint), instead.')
 flags.DEFINE_string('out', None, 'Output folder.')
+flags.DEFINE_integer('max_pixels', 40_000_000, 'An image with more pixels (width x height) is '
+                     'reported in one line and skipped; the rest are predicted.')
 flags.mark_flags_as_required(['config', 'out'])
 FLAGS = flags.FLAGS
 _EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -85,7 +88,11 @@ def main(argv):
   failed = []
   for path in paths:
     try:
-      image = images.read_rgb(path)
+      image = images.read_rgb(path, FLAGS.max_pixels)
+    except errors.InputError as error:
+      sys.stderr.write(cli.one_line(error) + '\n')
+      failed.append(path)
+      continue
     except OSError as error:  # PIL's "cannot identify image file" is one too
       sys.stderr.write(f'error: {path}: cannot read it as an image ({error})\n')
       failed.append(path)

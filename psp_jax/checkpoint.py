@@ -5,7 +5,10 @@ training reads (`config.init_from`) and evaluation reads (`--checkpoint`). A tra
 workdir holds `checkpoints/` (the last k states) and `best/` (the best by validation mIoU).
 """
 
+import hashlib
+import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -14,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import jax_utils, serialization, traverse_util
+from jax.experimental import multihost_utils
 
 from psp_jax import errors
 
@@ -34,6 +38,11 @@ def load_variables(directory: str | os.PathLike) -> Any:
   path = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(path):
     raise FileNotFoundError(f'No checkpoint directory at {path}.')
+  if not os.path.exists(os.path.join(path, '_METADATA')) and any(
+      os.path.isdir(os.path.join(path, sub)) for sub in ('checkpoints', 'best')):
+    raise errors.InputError(
+        f'{path} is a training workdir, not a folder of variables: give --workdir={path} '
+        '(its best checkpoint; --which=latest for the latest) instead of --checkpoint.')
   return ocp.StandardCheckpointer().restore(path)
 
 
@@ -96,10 +105,114 @@ def managers(workdir: str, config) -> tuple[ocp.CheckpointManager, ocp.Checkpoin
   return latest, best
 
 
-def save_state(manager: ocp.CheckpointManager, step: int, state, metrics=None) -> None:
-  """Saves the unreplicated state as host arrays (written once, by process 0)."""
+DIGESTS = 'checkpoint_digests'  # workdir/checkpoint_digests/<step>.json, beside data_state/
+
+
+def digest(host_state: Any) -> dict[str, str]:
+  """SHA-256 of each array of a state dict (its dtype, shape and bytes; a scalar's value),
+  by path."""
+  def fingerprint(value) -> bytes:
+    value = np.asarray(value)
+    if value.ndim == 0:  # a scalar (the step) is saved as an array, restored as a number
+      return repr(value.item()).encode()
+    return f'{value.dtype}{value.shape}'.encode() + np.ascontiguousarray(value).tobytes()
+
+  flat = traverse_util.flatten_dict(host_state, sep='/')
+  return {key: hashlib.sha256(fingerprint(value)).hexdigest()
+          for key, value in sorted(flat.items())
+          if isinstance(value, (int, float, np.ndarray, np.generic))}
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state, metrics=None,
+               digests: str | None = None) -> None:
+  """Saves the unreplicated state as host arrays (written once, by process 0).
+
+  `digests`: a folder for the arrays' SHA-256 (`digest`), written before the checkpoint
+  (a digest without its checkpoint is never read), so `restore_verified` can tell a
+  checkpoint whose bytes changed on disk from the one that was saved.
+  """
   host_state = serialization.to_state_dict(jax.device_get(jax_utils.unreplicate(state)))
+  if digests is not None and jax.process_index() == 0:
+    os.makedirs(digests, exist_ok=True)
+    path = os.path.join(digests, f'{step}.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(digest(host_state), f)
+    os.replace(path + '.tmp', path)
   manager.save(step, args=ocp.args.StandardSave(host_state), metrics=metrics)
+
+
+def prune_digests(digests: str, keep: list[int]) -> None:
+  """Removes the digests of checkpoints no longer kept."""
+  if jax.process_index() == 0 and os.path.isdir(digests):
+    for name in os.listdir(digests):
+      if name.endswith('.json') and name[:-5].isdigit() and int(name[:-5]) not in keep:
+        os.remove(os.path.join(digests, name))
+
+
+def _short(error: BaseException) -> str:
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:200]}{"..." if len(text) > 200 else ""}'
+
+
+def _check_digest(restored: Any, digests: str, step: int) -> str | None:
+  """Why checkpoint `step` is not the one saved, or None (also when it has no digest)."""
+  path = os.path.join(digests, f'{step}.json')
+  if not os.path.isfile(path):
+    logging.info('Checkpoint %d has no digest (saved before psp_jax wrote them): not verified.',
+                 step)
+    return None
+  with open(path) as f:
+    expected = json.load(f)
+  actual = digest(serialization.to_state_dict(jax.device_get(restored)))
+  changed = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+  if changed:
+    return (f'holds {len(changed)} array(s) whose bytes differ from those saved '
+            f'({", ".join(changed[:3])}{" ..." if len(changed) > 3 else ""})')
+  return None
+
+
+def restore_verified(manager: ocp.CheckpointManager, state, digests: str, set_aside: str):
+  """(`state` with the values of the newest intact checkpoint, its step), or (state, None).
+
+  A checkpoint that cannot be read, or whose arrays differ from their saved digests, is
+  named in one warning and the one before it is tried; the bad ones newer than the one
+  restored are moved into `set_aside` (never deleted: a person may want them), so the run
+  saves those steps again and pruning only ever removes checkpoints older than a good one.
+  No intact checkpoint at all is an errors.InputError.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  bad = []
+  for step in steps:
+    try:
+      metadata = manager.item_metadata(step)
+      if metadata is None or 'params' not in metadata:  # evaluate.py could not read it
+        problem = 'has no readable metadata (_METADATA)'
+      else:
+        restored = restore_state(manager, state, step)
+        problem = _check_digest(restored, digests, step)
+    except Exception as error:  # pylint: disable=broad-except  # any unreadable file
+      problem = f'cannot be read ({_short(error)})'
+    if problem is None:
+      break
+    logging.warning('Checkpoint %s/%d %s; trying the one before it.', manager.directory, step,
+                    problem)
+    bad.append(step)
+  else:
+    if steps:
+      raise errors.InputError(
+          f'No checkpoint in {manager.directory} is intact (steps {steps}: see the warnings '
+          'above). Move the folder aside to start afresh, or restore it from a backup.')
+    return state, None
+  if bad:
+    if jax.process_index() == 0:
+      os.makedirs(set_aside, exist_ok=True)
+      for step in bad:
+        target = os.path.join(set_aside, f'{step}-{int(time.time())}')
+        os.replace(os.path.join(str(manager.directory), str(step)), target)
+        logging.warning('Moved the bad checkpoint %d to %s.', step, target)
+    multihost_utils.sync_global_devices('bad checkpoints set aside')
+    manager.reload()
+  return restored, step
 
 
 def restore_state(manager: ocp.CheckpointManager, state,
@@ -135,21 +248,31 @@ def check_resumable(manager: ocp.CheckpointManager, model) -> None:
   before anything compiles and before the workdir's config.json is overwritten. Takes the
   loop's own manager: with several processes, every one must make the same Orbax calls.
   """
-  step = manager.latest_step()
-  if step is None:
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      saved = manager.item_metadata(step)
+      saved = {key: saved[key] for key in ('params', 'batch_stats')}
+    except Exception:  # pylint: disable=broad-except  # unreadable: restore_verified names it
+      continue
+    check_fits(saved, variable_shapes(model),
+               f'The checkpoint to resume, {manager.directory} (step {step}),',
+               fix='Train with the config in its config.json, or in another --workdir.')
     return
-  saved = manager.item_metadata(step)
-  check_fits({key: saved[key] for key in ('params', 'batch_stats')}, variable_shapes(model),
-             f'The checkpoint to resume, {manager.directory} (step {step}),',
-             fix='Train with the config in its config.json, or in another --workdir.')
 
 
 def load_trained_variables(workdir: str, which: str = 'best') -> tuple[Any, int]:
   """({'params', 'batch_stats'}, step) of the best (by mIoU) or latest checkpoint in `workdir`."""
   if which not in ('best', 'latest'):
     raise errors.InputError(f"which={which!r}: use 'best' or 'latest'.")
-  directory = os.path.join(os.path.abspath(workdir), 'best' if which == 'best' else 'checkpoints')
-  manager = ocp.CheckpointManager(directory)
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'--workdir={workdir}: no such folder.')
+  directory = os.path.join(workdir, 'best' if which == 'best' else 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'No checkpoint in {directory}: train first, or pass --checkpoint.')
+  # Reading never writes: no folder made, no checkpoint pruned or renamed.
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
   step = manager.best_step() if which == 'best' else manager.latest_step()
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {directory}: train first, or pass --checkpoint.')

@@ -158,20 +158,29 @@ def read_folder(dataset) -> tuple[tuple[str, ...], Palette | None]:
     except (ValueError, KeyError, TypeError) as error:
       raise errors.InputError(f'{path}: expected {{"classes": [...], "palette": [[r, g, b], '
                               f'...]}} ("palette" optional), could not read it ({error}).')
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+      raise errors.InputError(f'{path}: "classes" must be a list of names, e.g. '
+                              f'["background", "cat"], not {names!r}.')
+  source = path if dataset.classes is None else 'config.dataset.classes'
+  if isinstance(names, str):
+    raise errors.InputError(f'{source}: the class names must be a list or tuple of names, '
+                            f'not the string {names!r}.')
   names = tuple(str(name) for name in names)
   if not names:
     raise errors.InputError(f'{path if dataset.classes is None else "config.dataset.classes"}'
                             ' lists no classes.')
   if palette is None:
     return names, None
+  palette_source = 'config.dataset.palette' if dataset.palette is not None else path
   palette = tuple(tuple(int(c) for c in colour) for colour in palette)
   if len(palette) != len(names) or any(len(c) != 3 or not all(0 <= v < 256 for v in c)
                                        for c in palette):
-    raise errors.InputError(f'the palette of {len(palette)} colours does not give one '
-                            f'(r, g, b) colour in 0..255 to each of the {len(names)} classes.')
+    raise errors.InputError(f'{palette_source}: the palette of {len(palette)} colours does '
+                            f'not give one (r, g, b) colour in 0..255 to each of the '
+                            f'{len(names)} classes of {source}.')
   if len(set(palette)) != len(palette):
-    raise errors.InputError('the palette gives two classes the same colour, so an RGB label '
-                            'map could not be read back.')
+    raise errors.InputError(f'{palette_source}: the palette gives two classes the same colour, '
+                            'so an RGB label map could not be read back.')
   return names, palette
 
 

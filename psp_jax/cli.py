@@ -44,7 +44,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     if not os.path.isfile(path):
       fail(errors.InputError(f'--config={path}: no such file (configs/ holds the shipped ones).'))
   try:
-    return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except flags.Error as error:  # a value that does not parse, an unknown flag
+    fail(errors.InputError(f'{error} (--helpshort lists the flags)'))
   except (AttributeError, KeyError):  # ml_collections refusing an override of a locked config
     overrides = [m.group(1) for m in map(_CONFIG_KEY.match, argv) if m]
     unknown = config_check.unknown_keys(overrides, set(config_check.key_paths(

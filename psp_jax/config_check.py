@@ -3,11 +3,14 @@
 A key outside that set is a typo or a knob psp_jax does not have; either way the run would go
 on without it. `check_config` refuses a config file that sets one and psp_jax.cli a
 `--config.key=...` override of one, each naming the closest known key, before any work starts.
-`check_config` also holds config.model.num_classes to the dataset's number of classes.
+`check_config` also holds config.model.num_classes to the dataset's number of classes and
+every value to what it can be (`check_values`): a zero interval, a negative learning rate or
+a crop of one number fails in the first second, not after data loading and compilation.
 """
 
 import difflib
-from typing import Iterator
+import numbers
+from typing import Any, Callable, Iterator
 
 import ml_collections
 
@@ -43,8 +46,73 @@ def unknown_keys(paths, known: set[str], prefix: str) -> list[str]:
   return described
 
 
+def _number(value: Any, integer: bool) -> bool:
+  kind = numbers.Integral if integer else numbers.Real
+  return isinstance(value, kind) and not isinstance(value, bool)
+
+
+# key -> (is the value allowed, what is allowed). Model fields are PSPNet's own checks.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {}
+
+
+def _rule(keys: str, allowed: Callable[[Any], bool], description: str) -> None:
+  for key in keys.split():
+    _RULES[key] = (allowed, description)
+
+
+def _at_least(low: float, integer: bool = True) -> Callable[[Any], bool]:
+  return lambda v: _number(v, integer) and v >= low
+
+
+def _pair(allowed: Callable[[Any], bool]) -> Callable[[Any], bool]:
+  return lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(map(allowed, v))
+
+
+def _unit(low_open: bool = False) -> Callable[[Any], bool]:
+  return lambda v: _number(v, False) and (0 < v if low_open else 0 <= v) and v <= 1
+
+
+_rule('seed', lambda v: _number(v, True), 'a whole number')
+_rule('batch_size num_train_steps log_every_steps checkpoint_every_steps keep_checkpoints '
+      'segm_downsampling_rate test.window_batch', _at_least(1), 'a whole number >= 1')
+_rule('eval_every_steps num_preview_images optimizer.warmup_steps', _at_least(0),
+      'a whole number >= 0 (0: none)')
+_rule('optimizer.learning_rate optimizer.head_lr_mult optimizer.poly_power',
+      lambda v: _number(v, False) and v > 0, 'a number > 0')
+_rule('optimizer.weight_decay optimizer.end_learning_rate aux_weight augment.rotate_degrees',
+      _at_least(0, integer=False), 'a number >= 0')
+_rule('optimizer.momentum', lambda v: _number(v, False) and 0 <= v < 1, 'a number in [0, 1)')
+_rule('optimizer.warmup_ratio augment.cat_max_ratio', _unit(low_open=True),
+      'a number in (0, 1]')
+_rule('augment.rotate_prob augment.blur_prob', _unit(), 'a probability in [0, 1]')
+_rule('augment.crop_size test.crop_size test.stride', _pair(_at_least(1)),
+      '(height, width): two whole numbers >= 1')
+_rule('augment.resize_scale', lambda v: v is None or _pair(_at_least(1))(v),
+      "(long, short): two whole numbers >= 1, or None for the images' own size")
+_rule('augment.scale_range', lambda v: _pair(lambda x: _number(x, False) and x > 0)(v)
+      and v[0] <= v[1], '(low, high), 0 < low <= high')
+_rule('test.scales', lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(
+    _number(x, False) and x > 0 for x in v), 'one or more numbers > 0, e.g. (1.0,)')
+_rule('loss_average', lambda v: v in ('valid', 'all'), "'valid' or 'all'")
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """Raises errors.InputError naming the first key whose value cannot work, and what can."""
+  for key, (allowed, description) in _RULES.items():
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    if not allowed(value):
+      raise errors.InputError(f'config.{key}={value!r}: use {description}.')
+  steps, warmup = config.num_train_steps, config.optimizer.warmup_steps
+  if warmup >= steps:
+    raise errors.InputError(f'config.optimizer.warmup_steps={warmup} must be below '
+                            f'config.num_train_steps={steps}.')
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises errors.InputError on a key psp_jax/config.py lacks, or num_classes not the dataset's.
+  """Raises errors.InputError on a key psp_jax/config.py lacks, a value `check_values`
+  refuses, or num_classes not the dataset's.
 
   Called first by train_loop.train_and_evaluate, evaluate.py and predict.py: it is cheap and
   comes before any data or model work, so a typo costs seconds, not a run.
@@ -56,6 +124,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'Unknown config key{"s" * (len(unknown) > 1)} {", ".join(unknown)}. psp_jax reads '
         'only the keys of psp_jax/config.py, which every config derives from; any '
         'other key would be ignored. Fix the name in your config file.')
+  check_values(config)
   class_names, _ = classes.for_config(config.dataset)
   if config.model.num_classes != len(class_names):
     raise errors.InputError(

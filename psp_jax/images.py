@@ -6,6 +6,7 @@ convert('RGB') clips 16-bit grey (mode 'I;16') instead of scaling it, so that is
 """
 
 import io
+import re
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -26,10 +27,28 @@ def to_rgb(image: Image.Image) -> np.ndarray:
   return np.asarray(oriented.convert('RGB'))
 
 
-def read_rgb(path: str) -> np.ndarray:
-  """`to_rgb` of the image file at `path`; OSError if it is not a readable image."""
-  with Image.open(path) as image:
-    return to_rgb(image)
+def read_rgb(path: str, max_pixels: int | None = None) -> np.ndarray:
+  """`to_rgb` of the image file at `path`; OSError if it is not a readable image.
+
+  `max_pixels`: an image with more (read from its header, before decoding) is an
+  errors.InputError naming its size; None leaves PIL's own limit (decompression bombs).
+  """
+  try:
+    with Image.open(path) as image:
+      if max_pixels is not None and image.width * image.height > max_pixels:
+        raise _too_large(path, f'{image.width}x{image.height} pixels', max_pixels)
+      return to_rgb(image)
+  except Image.DecompressionBombError as error:  # PIL's own limit, read from the header
+    if max_pixels is None:
+      raise
+    pixels = re.search(r'\((\d+) pixels\)', str(error))
+    raise _too_large(path, f'{pixels.group(1)} pixels' if pixels else 'too many pixels',
+                     max_pixels) from None
+
+
+def _too_large(path: str, size: str, max_pixels: int) -> errors.InputError:
+  return errors.InputError(f'{path}: {size}, more than --max_pixels={max_pixels}; downscale '
+                           'it, or raise --max_pixels if the machine has the memory.')
 
 
 def decoded_size(data: bytes, source: str) -> tuple[int, int]:

@@ -1,8 +1,11 @@
-"""SIGTERM, the preemption notice of TPU VMs and batch schedulers, as a flag the train loop polls.
+"""SIGTERM (the preemption notice of TPU VMs and batch schedulers) and Ctrl-C, as a flag the
+train loop polls.
 
-The loop finishes the step it is in, saves a checkpoint and returns. With several
-processes, all of them must save at the same step: JAX's preemption sync point (set
-up by `jax.distributed.initialize`, which also catches the SIGTERM) agrees on one.
+The loop finishes the step it is in, saves a checkpoint and returns. The first Ctrl-C
+(SIGINT) does what SIGTERM does; a second one stops at once (KeyboardInterrupt), losing
+the steps since the last checkpoint. With several processes, all of them must save at the
+same step: JAX's preemption sync point (set up by `jax.distributed.initialize`, which also
+catches the SIGTERM) agrees on one; Ctrl-C there stops the process that gets it at once.
 """
 
 import signal
@@ -19,13 +22,22 @@ class PreemptionWatch:
   def __init__(self):
     self._multiprocess = jax.process_count() > 1
     self._notice = threading.Event()
-    self._previous = None  # the SIGTERM handler ours replaced, when we installed one
+    self.signal_name = None  # 'SIGTERM' or 'SIGINT', once one has come
+    self._previous = {}  # the handlers ours replaced, by signal
     if not self._multiprocess and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._on_signal)
 
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM: finishing the current step, then saving a checkpoint.')
+  def _on_signal(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      # The next Ctrl-C stops at once.
+      signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
+      logging.warning('Ctrl-C: finishing the current step, then saving a checkpoint (press '
+                      'Ctrl-C again to stop at once, losing the steps since the last one).')
+    else:
+      logging.warning('SIGTERM: finishing the current step, then saving a checkpoint.')
     self._notice.set()
 
   def reached(self, step: int) -> bool:
@@ -34,6 +46,7 @@ class PreemptionWatch:
     return self._notice.is_set()
 
   def close(self) -> None:
-    """Gives SIGTERM back its former handler (terminate, in train.py) once the loop is over."""
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    """Gives the signals back their former handlers once the loop is over."""
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}

@@ -1,6 +1,8 @@
 """The training loop: data, pmapped steps, logging, evaluation and checkpoints of one run."""
 
+import errno
 import os
+import shutil
 import tempfile
 import time
 
@@ -13,7 +15,8 @@ from flax import jax_utils
 from jax.experimental import multihost_utils
 
 from psp_jax import (checkpoint, classes, config_check, datasets, errors, evaluator, inference,
-                     input_pipeline, kernels, optimizer, preview, resumable_iterator, train_step)
+                     input_pipeline, kernels, optimizer, preview, resumable_iterator, train_step,
+                     workdir_lock)
 from psp_jax.datasets import checks
 from psp_jax.models.pspnet import build_model
 from psp_jax.preemption import PreemptionWatch
@@ -39,13 +42,29 @@ def check_writable(workdir: str) -> None:
   """Creates `workdir`; an InputError naming it if a file cannot be written there."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
+    with tempfile.TemporaryFile(dir=workdir) as probe:  # data blocks: a full disk refuses them
+      probe.write(b'\0' * 65536)
+      probe.flush()
+      os.fsync(probe.fileno())
   except OSError as error:
     raise errors.InputError(
         f'--workdir={workdir} is not a writable folder ({error.strerror or error}): '
         'checkpoints, TensorBoard logs and config.json go there. Pick another --workdir, or '
         'make this one writable.') from error
+
+
+def disk_full(error: BaseException) -> bool:
+  """Whether `error` (an OSError, or TensorStore's error text through Orbax) is ENOSPC."""
+  return (getattr(error, 'errno', None) == errno.ENOSPC
+          or 'No space left on device' in str(error))
+
+
+def remove_partial_checkpoints(directory: str) -> None:
+  """Orbax's temporary folders of saves that did not finish (never read, but never kept)."""
+  if os.path.isdir(directory):
+    for name in os.listdir(directory):
+      if '.orbax-checkpoint-tmp' in name:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def check_finite(pending: list, manager) -> None:
@@ -141,6 +160,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checks.check_prepared(config.dataset, dataset_module, builder)
   workdir = os.path.abspath(workdir)  # Orbax writes to absolute paths only
   check_writable(workdir)
+  with workdir_lock.hold(workdir):  # before anything is written there
+    return _train(config, workdir, model, mode, platform, dataset_module, builder)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, model, mode: str, platform: str,
+           dataset_module, builder) -> dict[str, float]:
+  """train_and_evaluate's run itself, in a workdir this run holds."""
   latest, best = checkpoint.managers(workdir, config)
   checkpoint.check_resumable(latest, model)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -157,8 +183,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = optimizer.create_optimizer(config.optimizer, total_steps)
   state = train_step.create_train_state(model, tx, jax.random.PRNGKey(config.seed),
                                         (1, *config.augment.crop_size, 3))
+  digests = os.path.join(workdir, checkpoint.DIGESTS)
   if latest.latest_step() is not None:
-    state = checkpoint.restore_state(latest, state)
+    state, _ = checkpoint.restore_verified(latest, state, digests,
+                                           os.path.join(workdir, 'bad_checkpoints'))
     logging.info('Resumed from %s at step %d', latest.directory, int(state.step))
   elif config.init_from:
     state = checkpoint.init_variables_from(state, config.init_from)
@@ -191,9 +219,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def save(state, step):
     """The data stream's position, then the state (Orbax commits it last, atomically)."""
     check_finite(unchecked, latest)
-    train_iter.save(step)
-    checkpoint.save_state(latest, step, state)
+    try:
+      train_iter.save(step)
+      checkpoint.save_state(latest, step, state, digests=digests)
+    except Exception as error:  # pylint: disable=broad-except
+      if not disk_full(error):
+        raise
+      remove_partial_checkpoints(str(latest.directory))
+      raise errors.InputError(
+          f'No space left on the device of {workdir}: step {step} could not be saved. The '
+          f'last intact checkpoint is step {latest.latest_step()} in {latest.directory}; free '
+          'space and rerun the same command to resume from it.') from None
     train_iter.prune(latest.all_steps())
+    checkpoint.prune_digests(digests, latest.all_steps())
 
   logging.info('Training %s for %d steps from step %d, global batch %d on %d %s devices '
                "(kernels '%s').", config.dataset.name, total_steps, start_step,
@@ -227,8 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpoint.save_state(best, step, state, metrics={'mIoU': metrics['mIoU']})
       if preemption.reached(step):
         save(state, step)
-        logging.warning('Preempted (SIGTERM): saved step %d in %s; rerun the same command to '
-                        'resume.', step, latest.directory)
+        logging.warning('Preempted (%s): saved step %d in %s; rerun the same command to '
+                        'resume.', preemption.signal_name or 'SIGTERM', step, latest.directory)
         break
       if step % config.checkpoint_every_steps == 0 or is_last:
         save(state, step)

@@ -20,7 +20,7 @@ LAYERS = [
     ('models', ['models']),
     ('losses', ['losses']),
     ('data', ['augment', 'input_pipeline', 'datasets', 'resumable_iterator']),
-    ('step', ['optimizer', 'train_step', 'checkpoint', 'preemption']),
+    ('step', ['optimizer', 'train_step', 'checkpoint', 'preemption', 'workdir_lock']),
     ('evaluation', ['metrics', 'inference', 'evaluator', 'preview', 'testing']),
     ('loop', ['train_loop', 'convert', 'export', 'cli']),
     ('face', ['__init__']),  # the package's exports: what research code uses, from every layer

@@ -25,8 +25,8 @@ from configs import ade20k as ade20k_config
 from configs import cityscapes as cityscapes_config
 from configs import quickstart
 from configs import voc12_aug as voc_config
-from psp_jax import (checkpoint, config_check, errors, input_pipeline, optimizer, train_loop,
-                     train_step)
+from psp_jax import (checkpoint, config_check, errors, images, input_pipeline, optimizer,
+                     train_loop, train_step)
 from psp_jax.datasets import checks
 from psp_jax.models import build_model
 from psp_jax.datasets import ade20k, cityscapes, synthetic_scenes, voc12_aug
@@ -108,7 +108,15 @@ def test_mistyped_config_flag_is_one_line_naming_the_closest_key(tmp_path):
      'error: config.model.depth=51: use one of [18, 34, 50, 101, 152].'),
     (['--config=configs/quickstart.py', '--workdir={file}/workdir'],
      'error: --workdir={file}/workdir is not a writable folder'),
-], ids=['missing_config', 'num_classes', 'depth', 'workdir'])
+    (['--config=configs/quickstart.py', '--config.log_every_steps=0'],
+     'error: config.log_every_steps=0: use a whole number >= 1.'),
+    (['--config=configs/quickstart.py', '--config.optimizer.learning_rate=-0.05'],
+     'error: config.optimizer.learning_rate=-0.05: use a number > 0.'),
+    (['--config=configs/quickstart.py', '--config.batch_size=abc'],
+     "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc' "
+     "(--helpshort lists the flags)"),
+], ids=['missing_config', 'num_classes', 'depth', 'workdir', 'log_every_0', 'negative_lr',
+        'unparsable'])
 def test_train_refuses_bad_input_in_one_line(tmp_path, args, message):
   (tmp_path / 'file').write_text('a file, not a folder')
   args = [a.format(file=tmp_path / 'file') for a in args]
@@ -117,6 +125,29 @@ def test_train_refuses_bad_input_in_one_line(tmp_path, args, message):
   status, stderr = _run_script('train.py', *args, f'--config.dataset.data_dir={tmp_path}')
   assert (status, 'Traceback' in stderr) == (2, False), stderr
   assert stderr.strip().splitlines()[-1].startswith(message.format(file=tmp_path / 'file'))
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('checkpoint_every_steps', 0, 'config.checkpoint_every_steps=0: use a whole number >= 1.'),
+    ('batch_size', 0, 'config.batch_size=0: use a whole number >= 1.'),
+    ('batch_size', -4, 'config.batch_size=-4: use a whole number >= 1.'),
+    ('num_train_steps', 0, 'config.num_train_steps=0: use a whole number >= 1.'),
+    ('eval_every_steps', -1, 'config.eval_every_steps=-1: use a whole number >= 0 (0: none).'),
+    ('aux_weight', -0.4, 'config.aux_weight=-0.4: use a number >= 0.'),
+    ('optimizer.momentum', 1.0, 'config.optimizer.momentum=1.0: use a number in [0, 1).'),
+    ('optimizer.warmup_steps', 800, 'config.optimizer.warmup_steps=800 must be below '
+                                    'config.num_train_steps=800.'),
+    ('augment.crop_size', (64,), 'config.augment.crop_size=(64,): use (height, width)'),
+    ('augment.scale_range', (2.0, 0.5), 'config.augment.scale_range=(2.0, 0.5): use (low, high)'),
+    ('augment.blur_prob', 1.5, 'config.augment.blur_prob=1.5: use a probability in [0, 1].'),
+    ('test.scales', (), 'config.test.scales=(): use one or more numbers > 0'),
+])
+def test_every_config_value_is_checked_before_any_work(key, value, message):
+  config = quickstart.get_config()
+  parent, _, leaf = key.rpartition('.')
+  (config[parent] if parent else config)[leaf] = value
+  with pytest.raises(errors.InputError, match=re.escape(message)):
+    config_check.check_config(config)
 
 
 def test_evaluate_checks_the_config_file_first(tmp_path):
@@ -460,3 +491,77 @@ def test_batch_size_not_divisible_by_the_devices_fails_before_any_work(tmp_path)
   with pytest.raises(ValueError, match=r'config\.batch_size=6 must be divisible by the 4 devices'):
     train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   assert not (tmp_path / 'workdir').exists() and not (tmp_path / 'tfds').exists()
+
+
+# ---------------------------------------------------------------- reading tools do not write
+
+
+def test_reading_a_checkpoint_never_creates_folders(tmp_path):
+  missing = tmp_path / 'mistyped'
+  with pytest.raises(FileNotFoundError, match='no such folder'):
+    checkpoint.load_trained_variables(str(missing))
+  assert not missing.exists()
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  for which in ('best', 'latest'):
+    with pytest.raises(FileNotFoundError, match='No checkpoint in'):
+      checkpoint.load_trained_variables(str(empty), which)
+  assert not list(empty.iterdir())
+
+
+def test_checkpoint_flag_given_a_training_workdir_says_to_use_workdir(tmp_path):
+  (tmp_path / 'checkpoints').mkdir()
+  with pytest.raises(errors.InputError, match=r'is a training workdir, not a folder of '
+                                              r'variables: give --workdir='):
+    checkpoint.load_variables(str(tmp_path))
+
+
+def test_evaluate_with_a_mistyped_workdir_is_one_line_and_writes_nothing(tmp_path):
+  status, stderr = _run_script('evaluate.py', '--config=configs/quickstart.py',
+                               f'--workdir={tmp_path / "mistyped"}')
+  assert (status, 'Traceback' in stderr) == (2, False), stderr
+  assert stderr.strip().splitlines()[-1] == f'error: --workdir={tmp_path / "mistyped"}: no such folder.'
+  assert not list(tmp_path.iterdir())
+
+
+def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path):
+  """A 20000x20000 PNG (PIL's decompression-bomb size) is refused before any pixel is read."""
+  import struct  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+
+  def chunk(kind, data):
+    return (struct.pack('>I', len(data)) + kind + data
+            + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+  path = tmp_path / 'huge.png'
+  path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 20000, 20000,
+                                                                       8, 2, 0, 0, 0))
+                   + chunk(b'IEND', b''))
+  with pytest.raises(errors.InputError, match=r'huge.png: .*400000000 pixels, more than '
+                                              r'--max_pixels=40000000'):
+    images.read_rgb(str(path), 40_000_000)
+
+
+def test_a_full_disk_at_a_save_is_one_error_naming_the_last_intact_checkpoint(tmp_path,
+                                                                            monkeypatch):
+  """The disk fills while step 2 is saved (Orbax's temporary folder half written)."""
+  import errno  # pylint: disable=g-import-not-at-top
+  save_state = checkpoint.save_state
+
+  def fill_the_disk_at_step_2(manager, step, state, metrics=None):
+    if step == 2 and str(manager.directory).endswith('checkpoints'):
+      (tmp_path / 'workdir' / 'checkpoints' / '2.orbax-checkpoint-tmp-1').mkdir()
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return save_state(manager, step, state, metrics)
+
+  monkeypatch.setattr(checkpoint, 'save_state', fill_the_disk_at_step_2)
+  config = tiny_config(str(tmp_path / 'tfds'), steps=3)
+  config.update(checkpoint_every_steps=1, eval_every_steps=0, num_preview_images=0)
+  workdir = tmp_path / 'workdir'
+  with pytest.raises(errors.InputError, match=re.escape(
+      f'No space left on the device of {workdir}: step 2 could not be saved. The last intact '
+      f'checkpoint is step 1 in {workdir / "checkpoints"}; free space and rerun')):
+    train_loop.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['1']  # no partial save left
+  monkeypatch.setattr(checkpoint, 'save_state', save_state)
+  train_loop.train_and_evaluate(config, str(workdir))  # resumes from step 1
+  assert sorted(os.listdir(workdir / 'checkpoints'))[-1] == '3'

@@ -20,7 +20,7 @@ import optax
 import pytest
 import torch
 
-from psp_jax import build_model, train_step
+from psp_jax import build_model, kernels, train_step
 from psp_jax import testing as ref
 from psp_jax.convert import convert_state_dict
 
@@ -83,9 +83,11 @@ def _pmapped_gradient(state_dict, mode: str, dtype: str):
   return float(metrics['loss'][0]), flax.traverse_util.flatten_dict(grads, sep='/')
 
 
-@pytest.mark.parametrize('mode', ['xla', 'cpu', 'auto'])
+# 'auto' is the 'cpu' kernels on this machine (the same Kernels object): its row is 'cpu''s.
+@pytest.mark.parametrize('mode', ['xla', 'cpu'])
 def test_bfloat16_train_step_is_as_close_to_float32_as_pytorch_autocast(reference, mode):
   assert len(jax.local_devices()) == DEVICES
+  assert kernels.get('auto') is kernels.get('cpu')
   state_dict, theirs = reference
   loss32, float32 = _pmapped_gradient(state_dict, mode, 'float32')
   loss16, bfloat16 = _pmapped_gradient(state_dict, mode, 'bfloat16')

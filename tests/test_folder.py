@@ -226,3 +226,45 @@ def test_train_without_a_root_or_with_the_wrong_class_count_says_what_to_set(tmp
   with pytest.raises(errors.InputError, match=r'config\.model\.num_classes=0, but folder has 10 '
                      r'classes .* Set --config\.model\.num_classes=10'):
     train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+
+
+def test_binary_masks_saved_as_0_and_255_stop_preparation_naming_the_fix(tmp_path):
+  root = tmp_path / 'data'
+  for split in ('train', 'val'):
+    os.makedirs(root / 'images' / split)
+    os.makedirs(root / 'annotations' / split)
+    for i in range(2):
+      image, label = synthetic_scenes.render_scene(i)
+      Image.fromarray(image).save(root / 'images' / split / f'{i}.jpg')
+      Image.fromarray(np.where(label == 1, 255, 0).astype(np.uint8)).save(
+          root / 'annotations' / split / f'{i}.png')
+  with pytest.raises(errors.InputError, match=(
+      r'annotations/train: every label map holds only 0 and 255, and 255 means ignore, so '
+      r'class 1 would never be learnt.* Re-save them with 1 for the foreground')):
+    prepare(root, tmp_path / 'tfds', classes=('background', 'building'), palette=None)
+  for split in ('train', 'val'):  # re-saved: prepared
+    for i in range(2):
+      path = root / 'annotations' / split / f'{i}.png'
+      Image.fromarray((np.asarray(Image.open(path)) // 255).astype(np.uint8)).save(path)
+  prepare(root, tmp_path / 'tfds', classes=('background', 'building'), palette=None)
+
+
+def test_classes_json_must_list_names_and_the_palette_error_names_the_file(tmp_path):
+  root = write_folder(tmp_path / 'data', counts=(('train', 1), ('val', 1)))
+  path = root / classes.CLASSES_FILE
+  path.write_text(json.dumps({'classes': 'bgr'}))
+  with pytest.raises(errors.InputError, match=r'classes.json: "classes" must be a list of '
+                                              r"names, .* not 'bgr'"):
+    classes.read_folder(dataset_config(root, tmp_path / 'tfds'))
+  path.write_text(json.dumps({'classes': NAMES, 'palette': PALETTE[:3]}))
+  with pytest.raises(errors.InputError, match=r'classes.json: the palette of 3 colours'):
+    classes.read_folder(dataset_config(root, tmp_path / 'tfds'))
+
+
+def test_an_empty_split_folder_is_named_as_empty(tmp_path):
+  root = write_folder(tmp_path / 'data', counts=(('train', 1), ('val', 0)))
+  with pytest.raises(errors.InputError, match=r'images/val has no \*\.jpg image: it is empty'):
+    folder.pairs(str(root), 'val', '.jpg', '.png')
+  (root / 'images' / 'val' / 'a.jpeg').write_bytes(b'')
+  with pytest.raises(errors.InputError, match=r'it holds \.jpeg: set config\.dataset\.img_suffix'):
+    folder.pairs(str(root), 'val', '.jpg', '.png')

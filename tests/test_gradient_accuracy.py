@@ -32,7 +32,9 @@ from psp_jax.convert import convert_state_dict
 NUM_CLASSES = 19
 SIZE = (32, 48)
 INPUTS = 10
-MODES = ('xla', 'cpu', 'auto')
+# 'auto' is the 'cpu' kernels on this machine (the same Kernels object, checked below), so
+# the 'cpu' row is its row: compiling it again would add a minute and no information.
+MODES = ('xla', 'cpu')
 
 
 def _inputs():
@@ -102,6 +104,7 @@ def _our_errors(state_dict, mode: str) -> list[float]:
 
 @pytest.mark.parametrize('mode', MODES)
 def test_float32_gradient_is_within_3x_of_pytorch_float32_in_every_mode(reference, mode):
+  assert kernels.get('auto') is kernels.get('cpu')
   state_dict, theirs = reference
   ours = _our_errors(state_dict, mode)
   assert np.median(ours) <= 3 * np.median(theirs), (np.median(ours), np.median(theirs),

@@ -8,6 +8,7 @@ uninterrupted run of the same command.
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,13 +64,21 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def reference(data_dir, tmp_path_factory):
-  """Losses of one uninterrupted run."""
+def reference_run(data_dir, tmp_path_factory):
+  """(workdir, losses) of one uninterrupted run, checkpoints at steps 5, 10 and 12."""
   workdir = str(tmp_path_factory.mktemp('reference'))
-  run(workdir, data_dir, '--config.checkpoint_every_steps=5')
+  stderr = run(workdir, data_dir, '--config.checkpoint_every_steps=5')
+  # libtpu is installed (the test extra) and this machine has no TPU: no TPU errors.
+  assert 'TPU_' not in stderr and 'libtpu' not in stderr, stderr[-3000:]
   values = losses(workdir)
   assert sorted(values) == list(range(1, STEPS + 1))
-  return values
+  return workdir, values
+
+
+@pytest.fixture(scope='module')
+def reference(reference_run):
+  """Losses of one uninterrupted run."""
+  return reference_run[1]
 
 
 def test_same_seed_same_losses(reference, data_dir, tmp_path):
@@ -81,7 +90,9 @@ def test_same_seed_same_losses(reference, data_dir, tmp_path):
   assert len(set(v[0] for v in reference.values())) > 1  # the losses did move
 
 
-def test_sigterm_saves_and_the_resumed_run_is_bit_exact(reference, data_dir, tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['sigterm', 'ctrl-c'])
+def test_sigterm_or_ctrl_c_saves_and_the_resumed_run_is_bit_exact(reference, data_dir, tmp_path,
+                                                                  signum):
   workdir = str(tmp_path)
   process = subprocess.Popen(command(workdir, data_dir, '--config.checkpoint_every_steps=5'),
                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -89,12 +100,14 @@ def test_sigterm_saves_and_the_resumed_run_is_bit_exact(reference, data_dir, tmp
   for line in process.stderr:
     log.append(line)
     if f'step 3/{STEPS}' in line:
-      process.send_signal(signal.SIGTERM)
+      process.send_signal(signum)
       break
   log.append(process.communicate(timeout=300)[1])
   log = ''.join(log)
   assert process.returncode == 0, log[-3000:]
-  saved = int(re.search(r'Preempted \(SIGTERM\): saved step (\d+)', log).group(1))
+  assert 'Traceback' not in log and 'KeyboardInterrupt' not in log, log[-3000:]
+  name = signal.Signals(signum).name
+  saved = int(re.search(rf'Preempted \({name}\): saved step (\d+)', log).group(1))
   assert 3 <= saved < STEPS
   assert ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).latest_step() == saved
 
@@ -149,3 +162,46 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, 
   assert manager.all_steps() and max(manager.all_steps()) < bad_step
   restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(restored['params']))
+
+
+def _files(directory):
+  return [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+
+
+def _damage(step_dir, how):
+  """Damages checkpoint `step_dir` as a disk or a person might."""
+  if how == 'delete_metadata':
+    (path,) = [p for p in _files(step_dir) if os.path.basename(p) == '_METADATA']
+    os.remove(path)
+    return
+  largest = max(_files(step_dir), key=os.path.getsize)  # an array data file
+  if how == 'flip_bytes':
+    with open(largest, 'r+b') as f:
+      f.seek(os.path.getsize(largest) // 2)
+      data = bytearray(f.read(3))
+      f.seek(os.path.getsize(largest) // 2)
+      f.write(bytes(b ^ 0xFF for b in data))
+  elif how == 'truncate':
+    os.truncate(largest, os.path.getsize(largest) // 2)
+  else:
+    os.remove(largest)
+
+
+@pytest.mark.parametrize('how', ['flip_bytes', 'truncate', 'delete_array_file',
+                                 'delete_metadata'])
+def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_resumed_bit_exactly(
+    reference_run, data_dir, tmp_path, how):
+  source, reference = reference_run
+  workdir = str(tmp_path / 'workdir')
+  shutil.copytree(source, workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  assert sorted(map(int, os.listdir(checkpoints))) == [5, 10, STEPS]
+  _damage(os.path.join(checkpoints, str(STEPS)), how)
+  stderr = run(workdir, data_dir, '--config.checkpoint_every_steps=5')
+  warnings = [line for line in stderr.splitlines() if 'trying the one before it' in line]
+  assert len(warnings) == 1 and f'checkpoints/{STEPS} ' in warnings[0], stderr[-3000:]
+  assert 'Resumed from' in stderr and 'at step 10' in stderr
+  assert_same_losses(workdir, reference)
+  assert sorted(map(int, os.listdir(checkpoints))) == [5, 10, STEPS]  # 12 saved again
+  (aside,) = os.listdir(os.path.join(workdir, 'bad_checkpoints'))
+  assert aside.startswith(f'{STEPS}-')

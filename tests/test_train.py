@@ -185,6 +185,7 @@ def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_pa
   exif[0x0112] = 6
   Image.fromarray(image[:, :120]).save(tmp_path / 'phone.jpg', exif=exif)
   (tmp_path / 'broken.png').write_bytes(b'not an image')
+  Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / 'big.png')
   root = os.path.dirname(os.path.dirname(__file__))
   config = os.path.join(root, 'configs', 'quickstart.py')
   overrides = ['--config.model.stem_widths=(4,4,8)', '--config.model.base_width=4',
@@ -193,9 +194,12 @@ def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_pa
   result = subprocess.run([sys.executable, os.path.join(root, 'predict.py'),
                            f'--config={config}', *overrides,
                            f'--workdir={interrupted_run["workdir"]}', str(tmp_path),
-                           f'--out={tmp_path / "out"}'], cwd=root, capture_output=True, text=True)
+                           '--max_pixels=6000', f'--out={tmp_path / "out"}'],
+                          cwd=root, capture_output=True, text=True)
   assert result.returncode == 1, result.stderr
   assert f'error: {tmp_path / "broken.png"}: cannot read it as an image' in result.stderr
+  assert (f'error: {tmp_path / "big.png"}: 100x100 pixels, more than --max_pixels=6000; '
+          'downscale it') in result.stderr
   assert 'Traceback' not in result.stderr
   assert sorted(os.listdir(tmp_path / 'out')) == [
       f'{name}_{kind}.png' for name in ('phone.jpg', 'street.jpg', 'street.png')

@@ -59,8 +59,12 @@ def pairs(root: str, folder: str, img_suffix: str, seg_map_suffix: str) -> list[
   images = _listing(os.path.join(root, 'images', folder), img_suffix)
   labels = _listing(os.path.join(root, 'annotations', folder), seg_map_suffix)
   if not images:
-    raise errors.InputError(f'{os.path.join(root, "images", folder)} has no *{img_suffix} '
-                            'image (set config.dataset.img_suffix to the images\' suffix).')
+    where = os.path.join(root, 'images', folder)
+    others = sorted({os.path.splitext(n)[1] for n in os.listdir(where) if '.' in n})
+    raise errors.InputError(
+        f'{where} has no *{img_suffix} image' + (
+            f' (it holds {", ".join(others)}: set config.dataset.img_suffix to the images\' '
+            'suffix).' if others else ': it is empty; put the split\'s images there.'))
   for missing, have, kind in ((set(images) - set(labels), images, 'label'),
                               (set(labels) - set(images), labels, 'image')):
     if missing:
@@ -167,10 +171,12 @@ class Folder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split_pairs):
     config = self.builder_config
+    values = set()
     for image_path, label_path in split_pairs:
       image, size = read_image(image_path)
       label = read_label(label_path, config.num_classes, config.palette,
                          config.reduce_zero_label)
+      values.update(np.unique(label).tolist())
       if label.shape != size:
         raise errors.InputError(
             f'{label_path} is {label.shape[0]}x{label.shape[1]} (height x width) but '
@@ -178,6 +184,17 @@ class Folder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             f'{" after its EXIF orientation" if isinstance(image, np.ndarray) else ""}.')
       name = os.path.relpath(image_path, config.root)
       yield name, {'image': image, 'segmentation_mask': label[..., None], 'file_name': name}
+    check_binary_masks(values, config.num_classes, os.path.dirname(label_path))
+
+
+def check_binary_masks(values: set[int], num_classes: int, folder: str) -> None:
+  """Binary masks saved as 0/255 (a common export) read as background and ignore, so the
+  foreground would never be learnt: refused, naming the fix."""
+  if num_classes == 2 and spec.IGNORE_LABEL in values and values <= {0, spec.IGNORE_LABEL}:
+    raise errors.InputError(
+        f'{folder}: every label map holds only 0 and 255, and 255 means ignore, so class 1 '
+        'would never be learnt. Binary masks saved as 0/255? Re-save them with 1 for the '
+        'foreground (e.g. Image.fromarray((np.asarray(mask) // 255).astype(np.uint8))).')
 
 
 def builder(dataset) -> Folder:
