@@ -40,8 +40,9 @@ def _install_mmcv_ops_stand_in():
   sys.modules['mmcv.ops'] = ops
 
 
-def pspnet_config(depth: int = 50, num_classes: int = 150) -> dict:
-  """mmseg's configs/_base_/models/pspnet_r50-d8.py with plain BN (and the r18-d8 widths)."""
+def pspnet_config(depth: int = 50, num_classes: int = 150, dropout_ratio: float = 0.1) -> dict:
+  """mmseg's configs/_base_/models/pspnet_r50-d8.py with plain BN (and the r18-d8 widths);
+  `dropout_ratio` of both heads (0 to compare gradients with another framework's)."""
   wide = depth >= 50
   norm_cfg = dict(type='BN', requires_grad=True)
   return dict(
@@ -51,13 +52,13 @@ def pspnet_config(depth: int = 50, num_classes: int = 150) -> dict:
                     norm_eval=False, style='pytorch', contract_dilation=True),
       decode_head=dict(type='PSPHead', in_channels=2048 if wide else 512, in_index=3,
                        channels=512 if wide else 128, pool_scales=(1, 2, 3, 6),
-                       dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm_cfg,
+                       dropout_ratio=dropout_ratio, num_classes=num_classes, norm_cfg=norm_cfg,
                        align_corners=False,
                        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False,
                                         loss_weight=1.0)),
       auxiliary_head=dict(type='FCNHead', in_channels=1024 if wide else 256, in_index=2,
                           channels=256 if wide else 64, num_convs=1, concat_input=False,
-                          dropout_ratio=0.1, num_classes=num_classes, norm_cfg=norm_cfg,
+                          dropout_ratio=dropout_ratio, num_classes=num_classes, norm_cfg=norm_cfg,
                           align_corners=False,
                           loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False,
                                            loss_weight=0.4)),

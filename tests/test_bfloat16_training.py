@@ -45,10 +45,7 @@ def _relative_l2(got: dict, want: dict) -> float:
 
 @pytest.fixture(scope='module')
 def reference():
-  config = ref.pspnet_config(18, NUM_CLASSES)
-  for head in ('decode_head', 'auxiliary_head'):
-    config[head]['dropout_ratio'] = 0.0
-  model = ref.build(config, seed=18)
+  model = ref.build(ref.pspnet_config(18, NUM_CLASSES, dropout_ratio=0.0), seed=18)
   images, labels = _batch()
   float32 = ref.reference_gradients(model, images, labels, torch.float32)[1]
   autocast = ref.reference_gradients(model, images, labels, torch.float32, autocast=True)[1]

@@ -55,10 +55,7 @@ def _worst(g32: dict, g64: dict) -> float:
 
 @pytest.fixture(scope='module')
 def reference():
-  config = ref.pspnet_config(18, NUM_CLASSES)
-  for head in ('decode_head', 'auxiliary_head'):
-    config[head]['dropout_ratio'] = 0.0
-  model = ref.build(config, seed=18)
+  model = ref.build(ref.pspnet_config(18, NUM_CLASSES, dropout_ratio=0.0), seed=18)
   torch_errors = []
   for images, labels in _inputs():
     g32 = ref.reference_gradients(model, images, labels, torch.float32)[1]
