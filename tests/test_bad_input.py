@@ -547,11 +547,11 @@ def test_a_full_disk_at_a_save_is_one_error_naming_the_last_intact_checkpoint(tm
   import errno  # pylint: disable=g-import-not-at-top
   save_state = checkpoint.save_state
 
-  def fill_the_disk_at_step_2(manager, step, state, metrics=None):
+  def fill_the_disk_at_step_2(manager, step, state, metrics=None, digests=None):
     if step == 2 and str(manager.directory).endswith('checkpoints'):
       (tmp_path / 'workdir' / 'checkpoints' / '2.orbax-checkpoint-tmp-1').mkdir()
       raise OSError(errno.ENOSPC, 'No space left on device')
-    return save_state(manager, step, state, metrics)
+    return save_state(manager, step, state, metrics, digests)
 
   monkeypatch.setattr(checkpoint, 'save_state', fill_the_disk_at_step_2)
   config = tiny_config(str(tmp_path / 'tfds'), steps=3)
