@@ -184,7 +184,7 @@ class Folder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             f'{" after its EXIF orientation" if isinstance(image, np.ndarray) else ""}.')
       name = os.path.relpath(image_path, config.root)
       yield name, {'image': image, 'segmentation_mask': label[..., None], 'file_name': name}
-    check_binary_masks(values, config.num_classes, os.path.dirname(label_path))
+    check_binary_masks(values, config.num_classes, os.path.dirname(split_pairs[0][1]))
 
 
 def check_binary_masks(values: set[int], num_classes: int, folder: str) -> None:

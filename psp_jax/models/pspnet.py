@@ -37,15 +37,14 @@ def check_fields(model: 'PSPNet') -> None:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
       raise errors.InputError(f'{field}={value!r}: give a whole number >= 1'
                               f'{" or None" if allow_none else ""}.')
-  for field in ('num_classes', 'channels', 'aux_channels', 'base_width'):
+  for field in ('num_classes', 'channels', 'aux_channels'):
     positive(field)
   positive('ppm_channels', allow_none=True)
   check_bins(model.pool_scales, 'pool_scales')
-  resnet.stage_sizes(model.depth)
-  resnet.stage_strides_and_dilations(model.output_stride)
-  kernel_lib.resolve(model.kernels, 'cpu')
-  if model.stem not in ('deep', 'classic'):
-    raise errors.InputError(f"stem={model.stem!r}: use 'deep' or 'classic'.")
+  resnet.check_backbone(model.depth, model.stem, model.stem_widths, model.output_stride,
+                        model.base_width)
+  if model.kernels not in kernel_lib.MODES:  # 'auto' is resolved where the model runs
+    raise errors.InputError(f'kernels={model.kernels!r}: use one of {kernel_lib.MODES}.')
   if model.aux_in_index not in (None, 0, 1, 2, 3):
     raise errors.InputError(f'aux_in_index={model.aux_in_index!r}: use a stage index 0-3 '
                             '(2, stage 3, in mmseg), or None for no auxiliary head.')
@@ -129,10 +128,7 @@ class PyramidPooling(nn.Module):
   def branches(self, x: jnp.ndarray) -> list[jnp.ndarray]:
     """x: [B, h, w, C] -> the branches before upsampling, [B, n, n, channels] per bin."""
     channels = self.channels or x.shape[-1] // len(self.bins)
-    conv, norm = self.conv, self.norm
-    if conv is None or norm is None:
-      default_conv, default_norm = module_defs(self.train)
-      conv, norm = conv or default_conv, norm or default_norm
+    conv, norm = resnet.default_layers(self.conv, self.norm, self.train)
     return [ConvBNReLU(channels, 1, conv, norm, name=f'branch{i}')(pooled)
             for i, pooled in enumerate(self.ops.adaptive_avg_pools(x, self.bins))]
 
@@ -311,5 +307,4 @@ def build_model(config: Mapping[str, Any] | None = None, **overrides: Any) -> PS
     model = PSPNet(**kwargs)
   except errors.InputError as error:
     raise errors.InputError(str(error).replace('PSPNet ', 'config.model.', 1)) from None
-  kernel_lib.resolve(model.kernels)
   return model

@@ -7,6 +7,7 @@ passed in by the model, as in flax's examples/imagenet.
 """
 
 import functools
+import numbers
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -44,6 +45,13 @@ def module_defs(train: bool, bn_axis_name: str | None = None, dtype: Any = jnp.f
   return conv, norm
 
 
+def default_layers(conv: ModuleDef | None, norm: ModuleDef | None,
+                   train: bool) -> tuple[ModuleDef, ModuleDef]:
+  """`conv` and `norm`, each `module_defs(train)`'s where not given (modules built alone)."""
+  default_conv, default_norm = module_defs(train)
+  return conv or default_conv, norm or default_norm
+
+
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
@@ -74,6 +82,26 @@ def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tu
   if output_stride not in plans:
     raise errors.InputError(f'output_stride={output_stride}: use 8, 16 or 32.')
   return plans[output_stride]
+
+
+def check_backbone(depth: int, stem: str, stem_widths: Sequence[int], output_stride: int,
+                   base_width: int) -> None:
+  """Raises errors.InputError, as 'field=value: what is allowed', for a backbone that
+  cannot be built (DilatedResNet's and PSPNet's constructors)."""
+  stage_sizes(depth)
+  stage_strides_and_dilations(output_stride)
+  if stem not in ('deep', 'classic'):
+    raise errors.InputError(f"stem={stem!r}: use 'deep' or 'classic'.")
+  widths = tuple(stem_widths)
+  if (len(widths) != 3 if stem == 'deep' else not widths) or not all(
+      isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in widths):
+    raise errors.InputError(
+        f'stem_widths={widths}: the deep stem takes three channel counts >= 1, (32, 32, 64) '
+        'as mmseg or (64, 64, 128) as semseg; the classic one uses the last, (64,).')
+  if not isinstance(base_width, numbers.Integral) or isinstance(base_width, bool) or (
+      base_width < 1):
+    raise errors.InputError(f'base_width={base_width!r}: give a whole number >= 1 (64 in '
+                            'every standard ResNet).')
 
 
 def block_dilations(num_blocks: int, dilation: int, contract_dilation: bool) -> list[int]:
@@ -188,20 +216,11 @@ class DilatedResNet(nn.Module):
   train: bool = False
 
   def __post_init__(self):
-    stage_sizes(self.depth)
-    stage_strides_and_dilations(self.output_stride)
-    if self.stem not in ('deep', 'classic'):
-      raise errors.InputError(f"DilatedResNet(stem={self.stem!r}): use 'deep' or 'classic'.")
-    widths = tuple(self.stem_widths)
-    if (len(widths) != 3 if self.stem == 'deep' else not widths) or not all(
-        isinstance(w, int) and w >= 1 for w in widths):
-      raise errors.InputError(
-          f'DilatedResNet(stem_widths={widths}): the deep stem takes three channel counts '
-          '>= 1, (32, 32, 64) as mmseg or (64, 64, 128) as semseg; the classic one uses the '
-          'last, (64,).')
-    if not isinstance(self.base_width, int) or self.base_width < 1:
-      raise errors.InputError(f'DilatedResNet(base_width={self.base_width}): give at least 1 '
-                              '(64 in every standard ResNet).')
+    try:
+      check_backbone(self.depth, self.stem, self.stem_widths, self.output_stride,
+                     self.base_width)
+    except errors.InputError as error:
+      raise errors.InputError(f'DilatedResNet {error}') from None
     super().__post_init__()
 
   @nn.compact
@@ -209,10 +228,7 @@ class DilatedResNet(nn.Module):
     """Args: x: [B, H, W, 3] normalised images. Returns the outputs of stages 1-4,
     [B, ~H/4, ~W/4, C1] ... [B, ~H/s, ~W/s, C4] for output stride s."""
     sizes = stage_sizes(self.depth)
-    conv, norm = self.conv, self.norm
-    if conv is None or norm is None:
-      default_conv, default_norm = module_defs(self.train)
-      conv, norm = conv or default_conv, norm or default_norm
+    conv, norm = default_layers(self.conv, self.norm, self.train)
 
     if self.stem == 'deep':
       for i, (width, stride) in enumerate(zip(self.stem_widths, (2, 1, 1))):
