@@ -129,7 +129,9 @@ def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return image
   rows = resample.bilinear_matrix(image.shape[0], size[0], align_corners=False)
   cols = resample.bilinear_matrix(image.shape[1], size[1], align_corners=False)
-  resized = np.einsum('hH,HWc,wW->hwc', rows, image.astype(np.float32), cols)
+  # Rows, then columns: two matrix products (one three-operand einsum loops over h*H*W*w).
+  resized = np.tensordot(rows, image.astype(np.float32), axes=(1, 0))      # [h, W, 3]
+  resized = np.tensordot(resized, cols, axes=(1, 1)).transpose(0, 2, 1)    # [h, w, 3]
   return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 
