@@ -79,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   # model's output stride (CSAIL's segm_downsampling_rate 8): at the logits' size, the labels
   # nearest-downsampled to them (losses.downsample_labels).
   config.segm_downsampling_rate = 1
+  # One weight per class (mmseg CrossEntropyLoss class_weight), both heads: the loss is the
+  # class_weight[label]-weighted average (losses.segmentation_loss). None: all classes 1.
+  # `python -m psp_jax.class_weights` computes SegNet's and ENet's from a prepared split.
+  config.class_weight = config_dict.placeholder(tuple)
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.schedule = 'mmseg'          # mmengine LinearLR + PolyLR (see optimizer.py)

@@ -94,6 +94,9 @@ _rule('augment.scale_range', lambda v: _pair(lambda x: _number(x, False) and x >
 _rule('test.scales', lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(
     _number(x, False) and x > 0 for x in v), 'one or more numbers > 0, e.g. (1.0,)')
 _rule('loss_average', lambda v: v in ('valid', 'all'), "'valid' or 'all'")
+_rule('class_weight', lambda v: v is None or (
+    isinstance(v, (tuple, list)) and all(_number(x, False) and x >= 0 for x in v) and any(v)),
+      'None, or one number >= 0 per class, not all 0')
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
@@ -131,3 +134,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'config.model.num_classes={config.model.num_classes}, but {config.dataset.name} has '
         f'{len(class_names)} classes ({", ".join(class_names[:3])}, ...); the classifier needs '
         f'one output per class. Set --config.model.num_classes={len(class_names)}.')
+  if config.class_weight is not None and len(config.class_weight) != len(class_names):
+    raise errors.InputError(
+        f'config.class_weight has {len(config.class_weight)} values, but {config.dataset.name} '
+        f'has {len(class_names)} classes: give one weight per class, in the order '
+        f'{", ".join(class_names[:3])}, ...')

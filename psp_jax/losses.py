@@ -11,26 +11,38 @@ from psp_jax import errors, resample, spec
 
 def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
                                  align_corners: bool = False,
-                                 ignore_label: int = spec.IGNORE_LABEL
+                                 ignore_label: int = spec.IGNORE_LABEL,
+                                 class_weight: tuple[float, ...] | None = None
                                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Summed cross-entropy of the logits bilinearly upsampled to the labels, and argmax hits.
 
   Args:
     logits: [B, h, w, K] at the model's output stride.
     labels: [B, H, W] int32 class ids, `ignore_label` where unlabelled.
+    class_weight: K weights, each pixel's term scaled by its label's; None: all 1.
   Returns:
-    (sum of -log p[label] over labelled pixels, number of labelled pixels whose argmax
-    over the upsampled logits is the label), scalars in the logits' precision (at least
-    float32); only the first has a gradient.
+    (sum of -log p[label] (times class_weight[label]) over labelled pixels, number of
+    labelled pixels whose argmax over the upsampled logits is the label), scalars in the
+    logits' precision (at least float32); only the first has a gradient.
   """
   dtype = jnp.promote_types(logits.dtype, jnp.float32)
   upsampled = resample.resize_bilinear(logits, labels.shape[1:3], align_corners).astype(dtype)
   valid = labels != ignore_label
   log_probs = jax.nn.log_softmax(upsampled, axis=-1)
   picked = jnp.take_along_axis(log_probs, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  if class_weight is not None:
+    picked = picked * pixel_weights(labels, class_weight, ignore_label, dtype)
   loss = -jnp.sum(jnp.where(valid, picked, 0.0))
   hits = jnp.sum(valid & (jnp.argmax(upsampled, axis=-1) == labels)).astype(dtype)
   return loss, jax.lax.stop_gradient(hits)
+
+
+def pixel_weights(labels: jnp.ndarray, class_weight: tuple[float, ...], ignore_label: int,
+                  dtype) -> jnp.ndarray:
+  """[B, H, W]: class_weight[label] at labelled pixels, 0 at ignored ones."""
+  valid = labels != ignore_label
+  weights = jnp.asarray(class_weight, dtype)[jnp.where(valid, labels, 0)]
+  return jnp.where(valid, weights, 0.0)
 
 
 def downsample_labels(labels: jnp.ndarray, rate: int,
@@ -77,11 +89,23 @@ def check_labels(labels: Any, num_classes: int, ignore_label: int = spec.IGNORE_
         f'{ignore_label}).')
 
 
+def check_class_weight(class_weight, num_classes: int) -> tuple[float, ...]:
+  """`class_weight` as a tuple of K floats, or an error saying what is wrong with it."""
+  values = tuple(float(w) for w in np.asarray(class_weight, np.float64).reshape(-1))
+  if len(values) != num_classes or not all(np.isfinite(w) and w >= 0 for w in values) \
+      or not any(values):
+    raise errors.InputError(
+        f'class_weight has {len(values)} values {list(values)[:5]}...: give one finite weight '
+        f'>= 0 per class ({num_classes}), not all 0.')
+  return values
+
+
 def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
                       aux_weight: float = 0.4, average: str = 'valid',
                       align_corners: bool = False, ignore_label: int = spec.IGNORE_LABEL,
                       segm_downsampling_rate: int = 1, axis_name: str | None = None,
-                      cross_entropy_sums: Callable | None = None
+                      cross_entropy_sums: Callable | None = None,
+                      class_weight: tuple[float, ...] | None = None
                       ) -> tuple[jnp.ndarray, dict[str, Any]]:
   """CE(main) + aux_weight * CE(aux), at the labels' or at the logits' resolution.
 
@@ -95,6 +119,13 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
   the number of devices, so that `lax.pmean` of the per-device gradients equals the
   gradient of the global-batch loss exactly, however labelled pixels are spread.
   `cross_entropy_sums` replaces `upsampled_cross_entropy_sums` (psp_jax.kernels' CPU one).
+
+  `class_weight` (K values, mmseg's `CrossEntropyLoss(class_weight=...)`) makes both a
+  weighted average, in both heads: each labelled pixel counts class_weight[label] times,
+  in the sum and in the denominator, so 'valid' is PyTorch's
+  `F.cross_entropy(weight=..., ignore_index=...)` mean and mmseg 1.2.2's. 'all' adds one
+  per ignored pixel to the denominator, as every pixel counts without weights (mmseg
+  1.2.2 raises an IndexError on any ignored pixel there; without one, both modes are its).
 
   Args:
     outputs: model outputs, 'logits' and optionally 'aux_logits', [B, h, w, K].
@@ -123,6 +154,10 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
   labelled = labels != ignore_label
   num_labelled = jnp.sum(labelled).astype(dtype)
   denominator = num_labelled if average == 'valid' else jnp.asarray(labels.size, dtype)
+  if class_weight is not None:
+    class_weight = check_class_weight(class_weight, outputs['logits'].shape[-1])
+    weighted = jnp.sum(pixel_weights(labels, class_weight, ignore_label, dtype))
+    denominator = weighted + (denominator - num_labelled)  # 'all': ignored pixels count 1
   if axis_name is not None:
     denominator = jax.lax.psum(denominator, axis_name) / jax.lax.psum(1, axis_name)
   denominator = jnp.maximum(denominator, 1.0)
@@ -131,7 +166,7 @@ def segmentation_loss(outputs: dict[str, jnp.ndarray], labels: jnp.ndarray, *,
     if key not in outputs or weight == 0:
       continue
     total, hits = (cross_entropy_sums or upsampled_cross_entropy_sums)(
-        outputs[key], labels, align_corners, ignore_label)
+        outputs[key], labels, align_corners, ignore_label, class_weight)
     if key == 'logits':
       accuracy_counts = jnp.stack([hits, num_labelled])
     terms[name] = (weight, total / denominator)

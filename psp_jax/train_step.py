@@ -31,7 +31,8 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
                learning_rate_fn: Callable[[jnp.ndarray], jnp.ndarray], *,
                aux_weight: float = 0.4, loss_average: str = 'valid',
                align_corners: bool = False, segm_downsampling_rate: int = 1,
-               axis_name: str | None = 'batch', cross_entropy_sums: Callable | None = None
+               axis_name: str | None = 'batch', cross_entropy_sums: Callable | None = None,
+               class_weight: tuple[float, ...] | None = None
                ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One SGD step on a batch (spec: image [b, H, W, 3] float, label [b, H, W] int32).
 
@@ -39,7 +40,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
   with `bn_axis_name='batch'`: BN statistics are then synchronised across devices,
   and gradients and metrics are `lax.pmean`-ed. With `axis_name=None` it is the same
   step on one device. `cross_entropy_sums`: the loss kernel (psp_jax.kernels), or None;
-  `segm_downsampling_rate`: see losses.segmentation_loss.
+  `segm_downsampling_rate`, `class_weight`: see losses.segmentation_loss.
   """
   step_rng = jax.random.fold_in(state.dropout_rng, state.step)
   if axis_name is not None:  # each device drops out different channels
@@ -52,7 +53,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray],
     loss, metrics = losses.segmentation_loss(
         outputs, batch[spec.LABEL], aux_weight=aux_weight, average=loss_average,
         align_corners=align_corners, segm_downsampling_rate=segm_downsampling_rate,
-        axis_name=axis_name, cross_entropy_sums=cross_entropy_sums)
+        axis_name=axis_name, cross_entropy_sums=cross_entropy_sums, class_weight=class_weight)
     return loss, (metrics, updates['batch_stats'])
 
   grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -87,4 +88,5 @@ def pmapped_train_step_for(config, learning_rate_fn, cross_entropy_sums, devices
                             loss_average=config.loss_average,
                             align_corners=config.model.align_corners,
                             segm_downsampling_rate=config.segm_downsampling_rate,
-                            cross_entropy_sums=cross_entropy_sums)
+                            cross_entropy_sums=cross_entropy_sums,
+                            class_weight=config.class_weight)

@@ -11,13 +11,14 @@ from types import ModuleType
 import tensorflow_datasets as tfds
 
 from psp_jax import classes, errors
-from psp_jax.datasets import ade20k, cityscapes, folder, synthetic_scenes, voc12_aug
+from psp_jax.datasets import ade20k, camvid, cityscapes, folder, synthetic_scenes, voc12_aug
 
 _MODULES = {
     'synthetic_scenes': synthetic_scenes,
     'ade20k': ade20k,
     'voc12_aug': voc12_aug,
     'cityscapes': cityscapes,
+    'camvid': camvid,
     classes.FOLDER: folder,
 }
 

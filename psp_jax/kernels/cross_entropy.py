@@ -19,7 +19,8 @@ _BLOCK_VALUES = 1 << 20
 
 def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
                                  align_corners: bool = False,
-                                 ignore_label: int = spec.IGNORE_LABEL
+                                 ignore_label: int = spec.IGNORE_LABEL,
+                                 class_weight: tuple[float, ...] | None = None
                                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Summed cross-entropy of the logits bilinearly upsampled to the labels, and argmax hits.
 
@@ -33,12 +34,14 @@ def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
   Args:
     logits: [B, h, w, K] at the model's output stride.
     labels: [B, H, W] int32 class ids, `ignore_label` where unlabelled.
+    class_weight: K weights, each pixel's term scaled by its label's; None: all 1.
   Returns:
-    (sum of -log p[label] over valid pixels, number of valid pixels whose argmax over
+    (sum of -log p[label] (times class_weight[label]) over valid pixels, number of valid pixels whose argmax over
     the upsampled logits is the label), scalars of at least float32; only the first has a
     gradient.
   """
-  return _upsampled_ce(logits, labels, bool(align_corners), int(ignore_label))
+  weights = None if class_weight is None else tuple(float(w) for w in class_weight)
+  return _upsampled_ce(logits, labels, bool(align_corners), int(ignore_label), weights)
 
 
 def _accumulation_dtype(logits: jnp.ndarray):
@@ -58,7 +61,15 @@ def _rows(widened, lower, upper, frac):
           + jnp.take(widened, upper, axis=0) * frac).astype(_accumulation_dtype(widened))
 
 
-def _forward(logits, labels, align_corners, ignore_label):
+def _label_weights(row_labels, valid, class_weight, dtype):
+  """class_weight[label] where valid, else 0 (all 1 without class weights)."""
+  if class_weight is None:
+    return valid.astype(dtype)
+  weights = jnp.asarray(class_weight, dtype)[jnp.where(valid, row_labels, 0)]
+  return jnp.where(valid, weights, 0.0)
+
+
+def _forward(logits, labels, align_corners, ignore_label, class_weight):
   batch, height, width = labels.shape
   widened = _widen(logits, width, align_corners)
   block = max(1, min(height, _BLOCK_VALUES // (batch * width * logits.shape[-1])))
@@ -77,7 +88,11 @@ def _forward(logits, labels, align_corners, ignore_label):
     top = jnp.max(row_logits, axis=-1)
     log_sum = jnp.log(jnp.sum(jnp.exp(row_logits - top[..., None]), axis=-1))
     # As jax.nn.log_softmax rounds: -log p = log(sum exp(x - max)) - (x[label] - max).
-    loss = jnp.sum(jnp.where(valid, log_sum - (picked - top), 0.0))
+    if class_weight is None:
+      loss = jnp.sum(jnp.where(valid, log_sum - (picked - top), 0.0))
+    else:
+      weights = _label_weights(row_labels, valid, class_weight, row_logits.dtype)
+      loss = jnp.sum(jnp.where(valid, (log_sum - (picked - top)) * weights, 0.0))
     # jnp.argmax's first maximum as a min-reduction: argmax is a variadic reduce of
     # (value, index) pairs, slow on XLA:CPU.
     first_top = jnp.min(jnp.where(row_logits == top[..., None], classes, row_logits.shape[-1]),
@@ -109,12 +124,12 @@ def _transposed_taps(in_rows: int, out_rows: int, align_corners: bool, dtype):
   return rows, weights, lower[rows], upper[rows], frac[rows]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _upsampled_ce(logits, labels, align_corners, ignore_label):
-  return _forward(logits, labels, align_corners, ignore_label)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _upsampled_ce(logits, labels, align_corners, ignore_label, class_weight):
+  return _forward(logits, labels, align_corners, ignore_label, class_weight)[0]
 
 
-def _backward(align_corners, ignore_label, residuals, cotangents):
+def _backward(align_corners, ignore_label, class_weight, residuals, cotangents):
   logits, labels, log_normaliser = residuals
   grad = cotangents[0]
   width = labels.shape[2]
@@ -129,8 +144,11 @@ def _backward(align_corners, ignore_label, residuals, cotangents):
     row_labels = jnp.take(labels, rows, axis=0)
     probs = jnp.exp(row_logits - jnp.take(log_normaliser, rows, axis=0)[..., None])
     classes = jax.lax.broadcasted_iota(jnp.int32, row_logits.shape, 3)
-    row_grad = jnp.where((row_labels != ignore_label)[..., None],
-                         probs - (classes == row_labels[..., None]), 0.0)
+    valid = row_labels != ignore_label
+    row_grad = jnp.where(valid[..., None], probs - (classes == row_labels[..., None]), 0.0)
+    if class_weight is not None:
+      row_grad = row_grad * _label_weights(row_labels, valid, class_weight,
+                                           row_grad.dtype)[..., None]
     # Unrolled over the span: as a reduction XLA:CPU hands it to YNNPACK, 10x slower.
     total = sum(weights[j] * row_grad[j] for j in range(row_grad.shape[0]))
     return None, grad * total
