@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import ade20k, ade20k_csail, cityscapes, folder, quickstart, voc12_aug
+from configs import ade20k, ade20k_csail, camvid, cityscapes, folder, quickstart, voc12_aug
 from psp_jax import inference
 from psp_jax.models.pspnet import build_model
 
@@ -16,7 +16,7 @@ def _leaf_types(config, prefix=''):
 
 
 @pytest.mark.parametrize('module', [ade20k, ade20k_csail, voc12_aug, cityscapes, quickstart,
-                                    folder],
+                                    folder, camvid],
                          ids=lambda m: m.__name__)
 def test_config_fields_are_typed_so_flags_can_override_them(module):
   config = module.get_config()

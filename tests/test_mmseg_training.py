@@ -27,10 +27,15 @@ NUM_CLASSES = 150
 FLOAT64_RTOL = 1e-7  # per tensor, max |ours - mmseg| <= FLOAT64_RTOL * max |mmseg|
 
 
-def _config(depth: int, avg_non_ignore: bool, dtype: str):
+# Per-class loss weights of the weighted cases, 0.25..4 (mmseg CrossEntropyLoss class_weight).
+CLASS_WEIGHT = tuple(float(w) for w in 2.0 ** np.random.RandomState(7).uniform(-2, 2, NUM_CLASSES))
+
+
+def _config(depth: int, avg_non_ignore: bool, dtype: str, class_weight=None):
   """configs/ade20k.py (mmseg's pspnet_r50-d8 80k recipe), shortened to STEPS steps."""
   config = ade20k.get_config()
   config.num_train_steps = STEPS
+  config.class_weight = class_weight
   config.loss_average = 'valid' if avg_non_ignore else 'all'
   config.model.update(depth=depth, dropout_rate=0.0, dtype=dtype, param_dtype=dtype)
   if depth < 50:  # mmseg pspnet_r18-d8: heads 4x narrower
@@ -38,21 +43,23 @@ def _config(depth: int, avg_non_ignore: bool, dtype: str):
   return config
 
 
-def _mmseg_model(depth: int, avg_non_ignore: bool):
+def _mmseg_model(depth: int, avg_non_ignore: bool, class_weight=None):
   mmseg_config = ref.pspnet_config(depth, NUM_CLASSES)
   for head in ('decode_head', 'auxiliary_head'):
     mmseg_config[head]['dropout_ratio'] = 0.0
     mmseg_config[head]['loss_decode']['avg_non_ignore'] = avg_non_ignore
+    mmseg_config[head]['loss_decode']['class_weight'] = class_weight and list(class_weight)
   return ref.build(mmseg_config, seed=depth)
 
 
-def _batches(batch: int, size: tuple[int, int], seed: int = 0):
-  """STEPS different (images [B, H, W, 3] float64, labels [B, H, W] int32, 18% ignored)."""
+def _batches(batch: int, size: tuple[int, int], seed: int = 0, ignored: float = 0.18):
+  """STEPS different (images [B, H, W, 3] float64, labels [B, H, W] int32, `ignored` of
+  them 255)."""
   rng = np.random.RandomState(seed)
   batches = []
   for _ in range(STEPS):
     labels = rng.randint(0, NUM_CLASSES, (batch, *size)).astype(np.int32)
-    labels[rng.rand(batch, *size) < 0.18] = 255
+    labels[rng.rand(batch, *size) < ignored] = 255
     batches.append((rng.randn(batch, *size, 3), labels))
   return batches
 
@@ -101,7 +108,8 @@ def train_ours(config, state_dict, batches):
   step = jax.jit(lambda state, batch: train_step.train_step(
       state, batch, optimizer.create_learning_rate_fn(config.optimizer, config.num_train_steps),
       aux_weight=config.aux_weight, loss_average=config.loss_average,
-      align_corners=config.model.align_corners, axis_name=None))
+      align_corners=config.model.align_corners, axis_name=None,
+      class_weight=config.class_weight))
   history = []
   dtype = jnp.dtype(config.model.dtype)
   for images, labels in batches:
@@ -119,9 +127,12 @@ def relative_errors(ours, reference) -> dict[str, float]:
           for k, v in reference.items() if np.abs(v).max() > 0}
 
 
-def _mmseg_trained(depth, avg_non_ignore, batch, size, torch_dtype):
-  reference = _mmseg_model(depth, avg_non_ignore)
-  batches = _batches(batch, size, seed=depth)
+def _mmseg_trained(depth, avg_non_ignore, batch, size, torch_dtype, class_weight=None):
+  reference = _mmseg_model(depth, avg_non_ignore, class_weight)
+  # mmseg 1.2.2 indexes class_weight with every label, 255 included (an IndexError:
+  # open-mmlab/mmsegmentation#3831), so the weighted cases have no ignored pixel; the
+  # weighted average with ignored ones is tested against PyTorch in test_losses.py.
+  batches = _batches(batch, size, seed=depth, ignored=0.0 if class_weight else 0.18)
   return reference, batches, train_mmseg(reference, batches, torch_dtype)
 
 
@@ -129,13 +140,16 @@ def _mmseg_trained(depth, avg_non_ignore, batch, size, torch_dtype):
 # bin gives BatchNorm 2 values per channel, whose gradient is a difference of nearly equal
 # terms (relative size eps / var) that PyTorch's formula and autodiff round differently;
 # over 5 steps that reached 9e-7 in the stem (4e-11 with 4 images).
-@pytest.mark.parametrize('depth,avg_non_ignore,batch', [(18, False, 2), (18, True, 2), (50, False, 4)],
-                         ids=['r18-all', 'r18-valid', 'r50-all'])
-def test_training_matches_mmseg_step_by_step_in_float64(depth, avg_non_ignore, batch):
+@pytest.mark.parametrize('depth,avg_non_ignore,batch,class_weight', [
+    (18, False, 2, None), (18, True, 2, None), (50, False, 4, None),
+    (18, False, 2, CLASS_WEIGHT), (18, True, 2, CLASS_WEIGHT)],
+    ids=['r18-all', 'r18-valid', 'r50-all', 'r18-all-weighted', 'r18-valid-weighted'])
+def test_training_matches_mmseg_step_by_step_in_float64(depth, avg_non_ignore, batch,
+                                                        class_weight):
   reference, batches, (expected_losses, expected_state) = _mmseg_trained(
-      depth, avg_non_ignore, batch, (64, 96), torch.float64)
+      depth, avg_non_ignore, batch, (64, 96), torch.float64, class_weight)
   with jax.enable_x64(True):
-    config = _config(depth, avg_non_ignore, 'float64')
+    config = _config(depth, avg_non_ignore, 'float64', class_weight)
     losses, variables = train_ours(config, ref.state_dict(reference.double()), batches)
     expected = convert_state_dict(expected_state, 'mmseg', build_model(config.model))
   np.testing.assert_allclose(losses, expected_losses, rtol=FLOAT64_RTOL)

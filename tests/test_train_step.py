@@ -41,6 +41,60 @@ def test_loss_matches_torch_cross_entropy_with_ignore(average):
   assert metrics['main_loss'] == loss
 
 
+CLASS_WEIGHT = (0.5, 2.0, 1.0, 4.0, 0.25)
+
+
+@pytest.mark.parametrize('average', ['valid', 'all'])
+@pytest.mark.parametrize('version', ['plain', 'blocks'])
+def test_class_weighted_loss_is_the_weighted_average_in_both_heads(average, version):
+  """'valid': PyTorch's F.cross_entropy(weight=w) mean (mmseg 1.2.2's avg_non_ignore=True);
+  'all': the same sum over the labelled pixels' weights plus one per ignored pixel."""
+  sums = (losses.upsampled_cross_entropy_sums if version == 'plain'
+          else cross_entropy.upsampled_cross_entropy_sums)
+  rng = np.random.RandomState(3)
+  logits = rng.randn(2, 5, 6, 5).astype(np.float32)
+  aux = rng.randn(2, 5, 6, 5).astype(np.float32)
+  labels = _labels((2, 37, 41), seed=4)
+
+  def loss_fn(logits, aux):
+    return losses.segmentation_loss({'logits': logits, 'aux_logits': aux}, labels,
+                                    average=average, class_weight=CLASS_WEIGHT,
+                                    cross_entropy_sums=sums)
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+      jnp.asarray(logits), jnp.asarray(aux))
+
+  torch_labels = torch.from_numpy(np.asarray(labels)).long()
+  weight = torch.tensor(CLASS_WEIGHT)
+  inputs = [torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_() for x in (logits, aux)]
+  heads = []
+  for x in inputs:
+    upsampled = F.interpolate(x, labels.shape[1:], mode='bilinear', align_corners=False)
+    head = F.cross_entropy(upsampled, torch_labels, weight=weight, ignore_index=255)
+    if average == 'all':
+      labelled = weight[torch_labels.clamp(max=4)][torch_labels != 255].sum()
+      head = head * labelled / (labelled + (torch_labels == 255).sum())
+    heads.append(head)
+  expected = heads[0] + 0.4 * heads[1]
+  expected.backward()
+  np.testing.assert_allclose(loss, expected.item(), rtol=1e-5)
+  np.testing.assert_allclose(metrics['aux_loss'], heads[1].item(), rtol=1e-5)
+  for ours, x in zip(grads, inputs):
+    np.testing.assert_allclose(ours, x.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-6)
+
+
+def test_class_weights_of_ones_change_nothing_and_bad_ones_are_refused():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 5))
+  labels = _labels((2, 16, 16))
+  for average in ('valid', 'all'):
+    plain, _ = losses.segmentation_loss({'logits': logits}, labels, average=average)
+    ones, _ = losses.segmentation_loss({'logits': logits}, labels, average=average,
+                                       class_weight=(1.0,) * 5)
+    np.testing.assert_allclose(ones, plain, rtol=1e-6)
+  for bad in ((1.0,) * 4, (1.0, -1.0, 1.0, 1.0, 1.0), (0.0,) * 5, (1.0, float('nan'), 1, 1, 1)):
+    with pytest.raises(ValueError, match='one finite weight >= 0 per class'):
+      losses.segmentation_loss({'logits': logits}, labels, class_weight=bad)
+
+
 def test_loss_ignores_255_and_upsamples_aux_with_weight():
   logits = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 4, 5))
   aux = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 4, 5))
@@ -181,7 +235,8 @@ def test_head_multiplier_and_decay_mask():
   np.testing.assert_allclose(updates['decode_head']['conv_seg']['bias'], 0.0)
 
 
-def test_pmapped_step_equals_single_device_step_on_global_batch():
+@pytest.mark.parametrize('class_weight', [None, CLASS_WEIGHT], ids=['unweighted', 'weighted'])
+def test_pmapped_step_equals_single_device_step_on_global_batch(class_weight):
   """Sync BN + pmean of gradients: 4 devices x 2 images == 1 device x 8 images."""
   n = jax.local_device_count()
   assert n == 4, 'conftest.py asks XLA for 4 host devices'
@@ -195,7 +250,8 @@ def test_pmapped_step_equals_single_device_step_on_global_batch():
   single_model = build_model(TINY)
   state = train_step.create_train_state(single_model, tx, jax.random.PRNGKey(0), images.shape)
 
-  single_step = jax.jit(lambda s, b: train_step.train_step(s, b, schedule, axis_name=None))
+  single_step = jax.jit(lambda s, b: train_step.train_step(s, b, schedule, axis_name=None,
+                                                          class_weight=class_weight))
   expected_state, expected = state, []
   for _ in range(2):
     expected_state, metrics = single_step(expected_state, {'image': images, 'label': labels})
@@ -203,7 +259,7 @@ def test_pmapped_step_equals_single_device_step_on_global_batch():
 
   synced = state.replace(apply_fn=build_model(TINY, bn_axis_name='batch').apply)
   replicated = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), synced)
-  p_step = train_step.pmapped_train_step(schedule)
+  p_step = train_step.pmapped_train_step(schedule, class_weight=class_weight)
   batch = {'image': images.reshape(n, 2, 33, 33, 3), 'label': labels.reshape(n, 2, 33, 33)}
   for want in expected:
     replicated, metrics = p_step(replicated, batch)

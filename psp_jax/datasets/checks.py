@@ -108,8 +108,9 @@ def check_prepared(dataset, module: ModuleType, builder: tfds.core.DatasetBuilde
         + (f'\n{instructions}' if instructions else ''))
   raise FileNotFoundError(
       f'{dataset.name} is prepared from {", ".join(archives)}, but {manual_dir} lacks '
-      f'{", ".join(missing)}. Put {"it" if len(missing) == 1 else "them"} there, unmodified '
-      'and not extracted, then run the same command again: it prepares the dataset once.\n'
+      f'{", ".join(missing)}. Put {"it" if len(missing) == 1 else "them"} there, '
+      f'{"unmodified and not extracted" if all("." in n for n in missing) else "as below"}, '
+      'then run the same command again: it prepares the dataset once.\n'
       + instructions)
 
 
