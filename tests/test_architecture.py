@@ -22,7 +22,7 @@ LAYERS = [
     ('data', ['augment', 'input_pipeline', 'datasets', 'resumable_iterator']),
     ('step', ['optimizer', 'train_step', 'checkpoint', 'preemption', 'workdir_lock']),
     ('evaluation', ['metrics', 'inference', 'evaluator', 'preview', 'testing']),
-    ('loop', ['train_loop', 'convert', 'export', 'cli']),
+    ('loop', ['train_loop', 'convert', 'export', 'cli', 'class_weights']),
     ('face', ['__init__']),  # the package's exports: what research code uses, from every layer
 ]
 MAX_CHAIN = 6  # files, script included
