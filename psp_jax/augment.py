@@ -60,6 +60,16 @@ def random_rescale(image, label, seed, ratio_range, scale=None):
   return image, label
 
 
+def largest_size(height: int, width: int, ratio_range, scale=None) -> tuple[int, int]:
+  """(height, width) that `random_rescale` gives an image of that size at its largest ratio."""
+  ratio = max(ratio_range)
+  if scale is None:
+    return round(height * ratio), round(width * ratio)
+  factor = min(math.floor(max(scale) * ratio) / max(height, width),
+               math.floor(min(scale) * ratio) / min(height, width))
+  return math.floor(height * factor + 0.5), math.floor(width * factor + 0.5)
+
+
 def rotate(image: tf.Tensor, label: tf.Tensor, degrees) -> Tuple[tf.Tensor, tf.Tensor]:
   """Rotates both about the image centre, keeping their size (semseg's RandRotate warp).
 

@@ -14,9 +14,9 @@ from clu import metric_writers
 from flax import jax_utils
 from jax.experimental import multihost_utils
 
-from psp_jax import (checkpoint, classes, config_check, datasets, errors, evaluator, inference,
-                     input_pipeline, kernels, optimizer, preview, resumable_iterator, train_step,
-                     workdir_lock)
+from psp_jax import (augment, checkpoint, classes, config_check, datasets, errors, evaluator,
+                     inference, input_pipeline, kernels, optimizer, preview, resumable_iterator,
+                     train_step, workdir_lock)
 from psp_jax.datasets import checks
 from psp_jax.models.pspnet import build_model
 from psp_jax.preemption import PreemptionWatch
@@ -113,6 +113,29 @@ def _train_batches(config, builder, decode, per_device_batch: int, workdir: str,
   return resumable_iterator.ResumableIterator(dataset, per_device_batch, directory, position)
 
 
+def warn_if_every_crop_is_padded(config, builder, decode) -> str | None:
+  """Logs (and returns) a warning when the training crop is larger than the first training
+  image even at the largest rescale: every crop would then be mostly padding, which
+  is ignored, so the run would learn from a fraction of each crop without a word."""
+  stored = builder.as_dataset(split=config.dataset.train_split, shuffle_files=False).take(1)
+  image, _ = decode(next(iter(stored)))
+  height, width = (int(n) for n in image.shape[:2])
+  augment_config = config.augment
+  top = augment.largest_size(height, width, augment_config.scale_range,
+                             augment_config.resize_scale)
+  crop = tuple(augment_config.crop_size)
+  if crop[0] <= top[0] and crop[1] <= top[1]:
+    return None
+  padded = 1 - min(crop[0], top[0]) * min(crop[1], top[1]) / (crop[0] * crop[1])
+  message = (f'config.augment.crop_size={crop} is larger than the training images: the first, '
+             f'{height}x{width}, is at most {top[0]}x{top[1]} after rescaling (resize_scale='
+             f'{augment_config.resize_scale}, scale_range={tuple(augment_config.scale_range)}), '
+             f'so at least {padded:.0%} of each crop is ignored padding. Use a crop of at most '
+             f'{min(crop[0], top[0])}x{min(crop[1], top[1])}, or rescale the images up.')
+  logging.warning(message)
+  return message
+
+
 def prepare_dataset(dataset, builder, module):
   """`builder` (of config.dataset, whose psp_jax.datasets module is `module`), prepared by
   process 0 first if asked; one that `module` says is stored unread is decoded once right
@@ -177,6 +200,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, model, mode: str, pl
   builder = prepare_dataset(config.dataset, builder, dataset_module)
   class_names, palette = classes.for_config(config.dataset)
   decode = checks.decoder(dataset_module, len(class_names))
+  if jax.process_index() == 0:
+    warn_if_every_crop_is_padded(config, builder, decode)
 
   total_steps = config.num_train_steps
   learning_rate_fn = optimizer.create_learning_rate_fn(config.optimizer, total_steps)

@@ -25,8 +25,8 @@ from configs import ade20k as ade20k_config
 from configs import cityscapes as cityscapes_config
 from configs import quickstart
 from configs import voc12_aug as voc_config
-from psp_jax import (checkpoint, config_check, errors, images, input_pipeline, optimizer,
-                     train_loop, train_step)
+from psp_jax import (checkpoint, config_check, datasets, errors, images, input_pipeline,
+                     optimizer, train_loop, train_step)
 from psp_jax.datasets import checks
 from psp_jax.models import build_model
 from psp_jax.datasets import ade20k, cityscapes, synthetic_scenes, voc12_aug
@@ -77,6 +77,27 @@ def test_a_key_at_the_wrong_level_is_unknown_too(tmp_path):
                          ids=lambda m: m.__name__)
 def test_every_shipped_config_passes_the_check(module):
   config_check.check_config(module.get_config())
+
+
+@pytest.mark.parametrize('crop, resize_scale, scale_range, warned', [
+    ((48, 256), None, (1.0, 1.0), None),          # the scenes' own size: no padding
+    ((64, 256), None, (1.0, 1.0), r'at least 25% of each crop'),
+    ((96, 512), None, (0.5, 2.0), None),          # the largest rescale fills it
+    ((96, 512), (128, 24), (1.0, 1.0), r'is at most 24x128 after rescaling .* at least 94%'),
+])
+def test_a_crop_larger_than_the_images_warns_naming_both(tmp_path, crop, resize_scale,
+                                                         scale_range, warned):
+  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  config.augment.update(crop_size=crop, resize_scale=resize_scale, scale_range=scale_range)
+  builder = datasets.builder(config.dataset)
+  builder.download_and_prepare()
+  message = train_loop.warn_if_every_crop_is_padded(
+      config, builder, checks.decoder(datasets.dataset_module(config.dataset.name)))
+  if warned is None:
+    assert message is None
+  else:
+    assert re.search(r'config\.augment\.crop_size=\(\d+, \d+\) is larger than the training '
+                     r'images: the first, 48x256, .*' + warned, message), message
 
 
 def test_num_classes_other_than_the_datasets_is_refused(tmp_path):
