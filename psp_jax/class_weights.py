@@ -52,11 +52,16 @@ def label_histogram(labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
 METHODS = {'median_frequency': lambda pixels, image_pixels: median_frequency(pixels, image_pixels),
            'enet': lambda pixels, image_pixels: enet(pixels)}
 
-config_flags.DEFINE_config_file('config', None, 'Config file (its dataset).', lock_config=True)
-flags.DEFINE_enum('method', 'enet', sorted(METHODS), 'Which weighting.')
-flags.DEFINE_string('split', None, 'TFDS split (default: config.dataset.train_split).')
-flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs: importing the functions defines none."""
+  config_flags.DEFINE_config_file('config', None, 'Config file (its dataset).',
+                                  lock_config=True)
+  flags.DEFINE_enum('method', 'enet', sorted(METHODS), 'Which weighting.')
+  flags.DEFINE_string('split', None, 'TFDS split (default: config.dataset.train_split).')
+  flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
@@ -84,4 +89,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)
