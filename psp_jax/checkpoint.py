@@ -88,12 +88,14 @@ def variable_shapes(model) -> Any:
 def managers(workdir: str, config) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
   """The last `keep_checkpoints` every `checkpoint_every_steps`, and the best by validation mIoU.
 
-  Saves are synchronous: with several processes, Orbax's background commit threads met the
+  The first keeps every checkpoint until the run prunes it (`prune`), which it does only
+  after the newest has been read back intact (`check_saved`): a bad save never costs the
+  good ones. Saves are synchronous: with several processes, Orbax's background commit threads met the
   processes' shutdown barrier in an order that aborted 2-process runs now and then.
   """
   latest = ocp.CheckpointManager(
       os.path.join(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+      options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                            enable_async_checkpointing=False),
       item_handlers=ocp.StandardCheckpointHandler())
   best = ocp.CheckpointManager(
@@ -124,8 +126,8 @@ def digest(host_state: Any) -> dict[str, str]:
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state, metrics=None,
-               digests: str | None = None) -> None:
-  """Saves the unreplicated state as host arrays (written once, by process 0).
+               digests: str | None = None) -> Any:
+  """Saves the unreplicated state as host arrays (written once, by process 0); returns them.
 
   `digests`: a folder for the arrays' SHA-256 (`digest`), written before the checkpoint
   (a digest without its checkpoint is never read), so `restore_verified` can tell a
@@ -139,6 +141,35 @@ def save_state(manager: ocp.CheckpointManager, step: int, state, metrics=None,
       json.dump(digest(host_state), f)
     os.replace(path + '.tmp', path)
   manager.save(step, args=ocp.args.StandardSave(host_state), metrics=metrics)
+  return host_state
+
+
+def check_saved(manager: ocp.CheckpointManager, step: int, host_state: Any,
+                digests: str) -> str | None:
+  """Why checkpoint `step`, read back from disk, is not `host_state` (`save_state`'s), or None."""
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(host_state))
+  except Exception as error:  # pylint: disable=broad-except  # any unreadable file
+    return f'cannot be read back ({_short(error)})'
+  return _check_digest(restored, digests, step)
+
+
+def prune(manager: ocp.CheckpointManager, keep: int) -> None:
+  """Deletes all but the newest `keep` checkpoints; run once the newest is known intact."""
+  for step in sorted(manager.all_steps())[:-keep]:
+    manager.delete(step)
+
+
+def set_aside(manager: ocp.CheckpointManager, steps: list[int], folder: str) -> None:
+  """Moves checkpoints `steps` into `folder` (never deleted: a person may want them)."""
+  if jax.process_index() == 0:
+    os.makedirs(folder, exist_ok=True)
+    for step in steps:
+      target = os.path.join(folder, f'{step}-{int(time.time())}')
+      os.replace(os.path.join(str(manager.directory), str(step)), target)
+      logging.warning('Moved the bad checkpoint %d to %s.', step, target)
+  multihost_utils.sync_global_devices('bad checkpoints set aside')
+  manager.reload()
 
 
 def prune_digests(digests: str, keep: list[int]) -> None:
@@ -171,12 +202,12 @@ def _check_digest(restored: Any, digests: str, step: int) -> str | None:
   return None
 
 
-def restore_verified(manager: ocp.CheckpointManager, state, digests: str, set_aside: str):
+def restore_verified(manager: ocp.CheckpointManager, state, digests: str, aside: str):
   """(`state` with the values of the newest intact checkpoint, its step), or (state, None).
 
   A checkpoint that cannot be read, or whose arrays differ from their saved digests, is
   named in one warning and the one before it is tried; the bad ones newer than the one
-  restored are moved into `set_aside` (never deleted: a person may want them), so the run
+  restored are moved into `aside` (never deleted: a person may want them), so the run
   saves those steps again and pruning only ever removes checkpoints older than a good one.
   No intact checkpoint at all is an errors.InputError.
   """
@@ -204,14 +235,7 @@ def restore_verified(manager: ocp.CheckpointManager, state, digests: str, set_as
           'above). Move the folder aside to start afresh, or restore it from a backup.')
     return state, None
   if bad:
-    if jax.process_index() == 0:
-      os.makedirs(set_aside, exist_ok=True)
-      for step in bad:
-        target = os.path.join(set_aside, f'{step}-{int(time.time())}')
-        os.replace(os.path.join(str(manager.directory), str(step)), target)
-        logging.warning('Moved the bad checkpoint %d to %s.', step, target)
-    multihost_utils.sync_global_devices('bad checkpoints set aside')
-    manager.reload()
+    set_aside(manager, bad, aside)
   return restored, step
 
 

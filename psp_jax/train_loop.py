@@ -209,9 +209,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, model, mode: str, pl
   state = train_step.create_train_state(model, tx, jax.random.PRNGKey(config.seed),
                                         (1, *config.augment.crop_size, 3))
   digests = os.path.join(workdir, checkpoint.DIGESTS)
+  bad_checkpoints = os.path.join(workdir, 'bad_checkpoints')
   if latest.latest_step() is not None:
-    state, _ = checkpoint.restore_verified(latest, state, digests,
-                                           os.path.join(workdir, 'bad_checkpoints'))
+    state, _ = checkpoint.restore_verified(latest, state, digests, bad_checkpoints)
     logging.info('Resumed from %s at step %d', latest.directory, int(state.step))
   elif config.init_from:
     state = checkpoint.init_variables_from(state, config.init_from)
@@ -246,7 +246,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, model, mode: str, pl
     check_finite(unchecked, latest)
     try:
       train_iter.save(step)
-      checkpoint.save_state(latest, step, state, digests=digests)
+      host_state = checkpoint.save_state(latest, step, state, digests=digests)
     except Exception as error:  # pylint: disable=broad-except
       if not disk_full(error):
         raise
@@ -255,6 +255,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, model, mode: str, pl
           f'No space left on the device of {workdir}: step {step} could not be saved. The '
           f'last intact checkpoint is step {latest.latest_step()} in {latest.directory}; free '
           'space and rerun the same command to resume from it.') from None
+    problem = checkpoint.check_saved(latest, step, host_state, digests)
+    if problem:
+      logging.warning('Checkpoint %s/%d, read back, %s; it is set aside and the %d before it '
+                      'are kept.', latest.directory, step, problem, len(latest.all_steps()) - 1)
+      checkpoint.set_aside(latest, [step], bad_checkpoints)
+    else:
+      checkpoint.prune(latest, config.keep_checkpoints)
     train_iter.prune(latest.all_steps())
     checkpoint.prune_digests(digests, latest.all_steps())
 

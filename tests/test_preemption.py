@@ -6,6 +6,7 @@ uninterrupted run of the same command.
 """
 
 import glob
+import logging
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 import tiny_config
-from psp_jax import train_loop
+from psp_jax import checkpoint, train_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -205,3 +206,33 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_resumed_bit_exa
   assert sorted(map(int, os.listdir(checkpoints))) == [5, 10, STEPS]  # 12 saved again
   (aside,) = os.listdir(os.path.join(workdir, 'bad_checkpoints'))
   assert aside.startswith(f'{STEPS}-')
+
+
+def test_a_save_that_reads_back_wrong_is_set_aside_and_the_good_one_before_kept(
+    data_dir, tmp_path, monkeypatch, caplog):
+  """Bytes change on disk right after step 2 is saved: with keep_checkpoints=1, step 1 must
+  outlive it until step 3 is saved and read back intact."""
+  save_state = checkpoint.save_state
+  kept_before_step_3 = []
+
+  def damaged_on_disk_at_step_2(manager, step, state, metrics=None, digests=None):
+    if step == 3:
+      kept_before_step_3.extend(manager.all_steps())
+    host_state = save_state(manager, step, state, metrics, digests)
+    if step == 2 and str(manager.directory).endswith('checkpoints'):
+      _damage(os.path.join(str(manager.directory), '2'), 'flip_bytes')
+    return host_state
+
+  monkeypatch.setattr(checkpoint, 'save_state', damaged_on_disk_at_step_2)
+  config = tiny_config.get_config()
+  config.dataset.data_dir = data_dir
+  config.update(num_train_steps=3, eval_every_steps=0, num_preview_images=0,
+                checkpoint_every_steps=1, keep_checkpoints=1)
+  with caplog.at_level(logging.WARNING):
+    train_loop.train_and_evaluate(config, str(tmp_path))
+  warnings = [r.getMessage() for r in caplog.records if 'read back' in r.getMessage()]
+  assert len(warnings) == 1 and 'checkpoints/2, read back, holds' in warnings[0], warnings
+  assert kept_before_step_3 == [1]
+  assert os.listdir(tmp_path / 'checkpoints') == ['3']
+  (aside,) = os.listdir(tmp_path / 'bad_checkpoints')
+  assert aside.startswith('2-')
