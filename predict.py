@@ -97,7 +97,7 @@ def main(argv):
       sys.stderr.write(f'error: {path}: cannot read it as an image ({error})\n')
       failed.append(path)
       continue
-    prediction = inference.predict(predictor, image, test).argmax(-1)
+    prediction = inference.predict_labels(predictor, image, test)
     colours = visualize.colorize(prediction, palette)
     legend = visualize.legend(prediction, class_names, palette, image.shape[1])
     prefix = os.path.join(FLAGS.out, names[path])

@@ -265,19 +265,48 @@ def predict(predictor: Predictor, image: np.ndarray, test: TestProtocol) -> np.n
     otherwise softmax probabilities averaged over the inputs (mmseg TTA, semseg ms,
     CSAIL's eval.py).
   """
-  height, width = image.shape[:2]
   align_corners = predictor.model.align_corners
+  return np.asarray(_scores([_resize_logits(logits, image.shape[:2], align_corners)
+                             for logits in _input_logits(predictor, image, test)]))
+
+
+def predict_labels(predictor: Predictor, image: np.ndarray, test: TestProtocol,
+                   max_scores: int = 1 << 24) -> np.ndarray:
+  """`predict(...).argmax(-1)`, [H, W] int32, holding about `max_scores` scores at the
+  image's size at a time (blocks of rows): a 8000x8000 photo's 150 class scores alone
+  would be 38 GB."""
+  height, width = image.shape[:2]
+  all_logits = _input_logits(predictor, image, test)
+  align_corners = predictor.model.align_corners
+  block = max(1, max_scores // (width * all_logits[0].shape[-1]))
+  matrices = [(resample.bilinear_matrix(x.shape[0], height, align_corners, x.dtype),
+               resample.bilinear_matrix(x.shape[1], width, align_corners, x.dtype))
+              for x in all_logits]
+  labels = np.empty((height, width), np.int32)
+  for top in range(0, height, block):
+    scores = _scores([resample.apply_separable(x[None], rows[top:top + block], cols)[0]
+                      for x, (rows, cols) in zip(all_logits, matrices)])
+    labels[top:top + block] = np.asarray(jnp.argmax(scores, axis=-1))
+  return labels
+
+
+def _input_logits(predictor: Predictor, image: np.ndarray, test: TestProtocol) -> list:
+  """The network's logits [h, w, K] of each test input (scale, flip), flips undone."""
+  height, width = image.shape[:2]
   resize = resize_image_pil if test.resize == 'csail' else resize_image
   inputs = [(size, f) for size in test.input_sizes(height, width)
             for f in ((False, True) if test.flip else (False,))]
-  total = None
+  all_logits = []
   for size, flipped in inputs:
     x = normalize(resize(image, size))
     logits = predictor(x[:, ::-1] if flipped else x)
-    logits = logits[:, ::-1] if flipped else logits
-    scores = _resize_logits(jnp.asarray(logits), (height, width), align_corners)
-    if len(inputs) > 1:
-      scores = jax.nn.softmax(scores, axis=-1)
-    total = scores if total is None else total + scores
-  return np.asarray(total / len(inputs))
+    all_logits.append(jnp.asarray(logits[:, ::-1] if flipped else logits))
+  return all_logits
+
+
+def _scores(all_scores: list):
+  """One input's upsampled logits as they are, or the softmax averaged over several."""
+  if len(all_scores) == 1:
+    return all_scores[0]
+  return sum(jax.nn.softmax(scores, axis=-1) for scores in all_scores) / len(all_scores)
 

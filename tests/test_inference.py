@@ -85,6 +85,21 @@ def test_flip_averaging_is_symmetric(converted):
   np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)  # averaged probabilities
 
 
+@pytest.mark.parametrize('protocol', [
+    TestProtocol(test_scale=(48, 32)),
+    TestProtocol(test_scale=(48, 32), scales=(0.75, 1.25), flip=True)], ids=['one', 'tta'])
+def test_labels_by_blocks_of_rows_are_the_argmax_of_the_scores(converted, protocol):
+  """predict.py's bounded-memory path: blocks of a few rows give the whole image's argmax."""
+  _, model, variables = converted
+  predictor = inference.Predictor(model, variables)
+  image = np.random.RandomState(5).randint(0, 256, (97, 131, 3)).astype(np.uint8)
+  expected = inference.predict(predictor, image, protocol).argmax(-1)
+  labels = inference.predict_labels(predictor, image, protocol,
+                                    max_scores=7 * 131 * NUM_CLASSES)  # 14 blocks, the last short
+  assert labels.shape == (97, 131)
+  np.testing.assert_array_equal(labels, expected)
+
+
 def _mmseg_predictions(reference, images, mode, size_divisor=None):
   """mmseg 1.2.2's own test path: mmcv.imrescale, SegDataPreProcessor (normalise, and pad
   to `size_divisor` as with its test_cfg), EncoderDecoder.predict."""
