@@ -85,7 +85,7 @@ def variable_shapes(model) -> Any:
   return jax.eval_shape(model.init, jax.random.PRNGKey(0), image)
 
 
-def managers(workdir: str, config) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
+def managers(workdir: str) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
   """The last `keep_checkpoints` every `checkpoint_every_steps`, and the best by validation mIoU.
 
   The first keeps every checkpoint until the run prunes it (`prune`), which it does only

@@ -190,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _train(config: ml_collections.ConfigDict, workdir: str, model, mode: str, platform: str,
            dataset_module, builder) -> dict[str, float]:
   """train_and_evaluate's run itself, in a workdir this run holds."""
-  latest, best = checkpoint.managers(workdir, config)
+  latest, best = checkpoint.managers(workdir)
   checkpoint.check_resumable(latest, model)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if jax.process_index() == 0:

@@ -446,7 +446,7 @@ def test_resuming_a_workdir_of_another_model_lists_the_shapes(tmp_path):
   shapes = jax.eval_shape(lambda: train_step.create_train_state(
       build_model(trained.model), tx, jax.random.PRNGKey(0), (1, 32, 32, 3)))
   state = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), shapes)  # no compile
-  latest, _ = checkpoint.managers(workdir, trained)
+  latest, _ = checkpoint.managers(workdir)
   checkpoint.save_state(latest, 1, jax_utils.replicate(state))
   latest.wait_until_finished()
   (tmp_path / 'workdir' / 'config.json').write_text(trained.to_json_best_effort())

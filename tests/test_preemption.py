@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 import tiny_config
-from psp_jax import checkpoint, train_loop
+from psp_jax import build_model, checkpoint, optimizer, train_loop, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -188,10 +188,11 @@ def _damage(step_dir, how):
     os.remove(largest)
 
 
-@pytest.mark.parametrize('how', ['flip_bytes', 'truncate', 'delete_array_file',
-                                 'delete_metadata'])
 def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_resumed_bit_exactly(
-    reference_run, data_dir, tmp_path, how):
+    reference_run, data_dir, tmp_path):
+  """Bytes flipped in an array file: train.py resumes from the checkpoint before it, and
+  the losses from there are the uninterrupted run's (the next test: other damage)."""
+  how = 'flip_bytes'
   source, reference = reference_run
   workdir = str(tmp_path / 'workdir')
   shutil.copytree(source, workdir)
@@ -206,6 +207,33 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_resumed_bit_exa
   assert sorted(map(int, os.listdir(checkpoints))) == [5, 10, STEPS]  # 12 saved again
   (aside,) = os.listdir(os.path.join(workdir, 'bad_checkpoints'))
   assert aside.startswith(f'{STEPS}-')
+
+
+@pytest.mark.parametrize('how', ['truncate', 'delete_array_file', 'delete_metadata'])
+def test_other_damage_to_the_latest_checkpoint_is_named_and_the_one_before_restored(
+    reference_run, tmp_path, caplog, how):
+  """The resume above, in-process, for the other ways a checkpoint breaks: the same
+  `restore_verified` train.py calls, so what follows the restore is the case above's."""
+  source, _ = reference_run
+  workdir = str(tmp_path / 'workdir')
+  shutil.copytree(source, workdir)
+  _damage(os.path.join(workdir, 'checkpoints', str(STEPS)), how)
+  config = tiny_config.get_config()
+  state = jax.eval_shape(lambda: train_step.create_train_state(
+      build_model(config.model), optimizer.create_optimizer(config.optimizer, STEPS),
+      jax.random.PRNGKey(0), (1, *config.augment.crop_size, 3)))
+  latest, _ = checkpoint.managers(workdir)
+  with caplog.at_level(logging.WARNING):
+    restored, step = checkpoint.restore_verified(
+        latest, state, os.path.join(workdir, checkpoint.DIGESTS),
+        os.path.join(workdir, 'bad_checkpoints'))
+  assert step == 10 and int(restored.step) == 10
+  warnings = [r.getMessage() for r in caplog.records
+              if 'trying the one before it' in r.getMessage()]
+  assert len(warnings) == 1 and f'checkpoints/{STEPS} ' in warnings[0], warnings
+  (aside,) = os.listdir(os.path.join(workdir, 'bad_checkpoints'))
+  assert aside.startswith(f'{STEPS}-')
+  assert sorted(map(int, os.listdir(os.path.join(workdir, 'checkpoints')))) == [5, 10]
 
 
 def test_a_save_that_reads_back_wrong_is_set_aside_and_the_good_one_before_kept(

@@ -54,7 +54,7 @@ def _restore(workdir, subdir, data_dir, steps):
   tx = optimizer.create_optimizer(config.optimizer, steps)
   state = jax.eval_shape(lambda: train_step.create_train_state(
       model, tx, jax.random.PRNGKey(0), (1, 32, 32, 3)))
-  managers = dict(zip(('checkpoints', 'best'), checkpoint.managers(workdir, config)))
+  managers = dict(zip(('checkpoints', 'best'), checkpoint.managers(workdir)))
   return managers[subdir], state
 
 
