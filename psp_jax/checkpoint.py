@@ -90,8 +90,9 @@ def managers(workdir: str) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager
 
   The first keeps every checkpoint until the run prunes it (`prune`), which it does only
   after the newest has been read back intact (`check_saved`): a bad save never costs the
-  good ones. Saves are synchronous: with several processes, Orbax's background commit threads met the
-  processes' shutdown barrier in an order that aborted 2-process runs now and then.
+  good ones. Saves are synchronous: with several processes, Orbax's background commit
+  threads met the processes' shutdown barrier in an order that aborted 2-process runs now
+  and then.
   """
   latest = ocp.CheckpointManager(
       os.path.join(workdir, 'checkpoints'),

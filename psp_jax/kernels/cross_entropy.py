@@ -36,9 +36,9 @@ def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
     labels: [B, H, W] int32 class ids, `ignore_label` where unlabelled.
     class_weight: K weights, each pixel's term scaled by its label's; None: all 1.
   Returns:
-    (sum of -log p[label] (times class_weight[label]) over valid pixels, number of valid pixels whose argmax over
-    the upsampled logits is the label), scalars of at least float32; only the first has a
-    gradient.
+    (sum of -log p[label] (times class_weight[label]) over valid pixels, number of
+    valid pixels whose argmax over the upsampled logits is the label), scalars of at
+    least float32; only the first has a gradient.
   """
   weights = None if class_weight is None else tuple(float(w) for w in class_weight)
   return _upsampled_ce(logits, labels, bool(align_corners), int(ignore_label), weights)
