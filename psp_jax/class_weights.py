@@ -14,7 +14,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from psp_jax import classes, cli, config_check, datasets, errors, input_pipeline, spec
+from psp_jax import (classes, cli, config_check, datasets, errors, input_pipeline, spec,
+                     train_loop)
 from psp_jax.datasets import checks
 
 ENET_C = 1.02  # ENet's constant
@@ -49,7 +50,7 @@ def label_histogram(labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
   return pixels, image_pixels
 
 
-METHODS = {'median_frequency': lambda pixels, image_pixels: median_frequency(pixels, image_pixels),
+METHODS = {'median_frequency': median_frequency,
            'enet': lambda pixels, image_pixels: enet(pixels)}
 
 FLAGS = flags.FLAGS
@@ -74,8 +75,7 @@ def main(argv):
   module = datasets.dataset_module(config.dataset.name)
   builder = datasets.builder(config.dataset)
   checks.check_prepared(config.dataset, module, builder)
-  if config.dataset.prepare:
-    builder.download_and_prepare()
+  builder = train_loop.prepare_dataset(config.dataset, builder, module)
   split = FLAGS.split or config.dataset.train_split
   decode = checks.decoder(module, len(class_names))
   stored = builder.as_dataset(split=split, shuffle_files=False).map(lambda e: decode(e)[1])

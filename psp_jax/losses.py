@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psp_jax import errors, resample, spec
+from psp_jax.kernels.cross_entropy import pixel_weights
 
 
 def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
@@ -35,14 +36,6 @@ def upsampled_cross_entropy_sums(logits: jnp.ndarray, labels: jnp.ndarray,
   loss = -jnp.sum(jnp.where(valid, picked, 0.0))
   hits = jnp.sum(valid & (jnp.argmax(upsampled, axis=-1) == labels)).astype(dtype)
   return loss, jax.lax.stop_gradient(hits)
-
-
-def pixel_weights(labels: jnp.ndarray, class_weight: tuple[float, ...], ignore_label: int,
-                  dtype) -> jnp.ndarray:
-  """[B, H, W]: class_weight[label] at labelled pixels, 0 at ignored ones."""
-  valid = labels != ignore_label
-  weights = jnp.asarray(class_weight, dtype)[jnp.where(valid, labels, 0)]
-  return jnp.where(valid, weights, 0.0)
 
 
 def downsample_labels(labels: jnp.ndarray, rate: int,

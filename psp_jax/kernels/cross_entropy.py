@@ -61,11 +61,12 @@ def _rows(widened, lower, upper, frac):
           + jnp.take(widened, upper, axis=0) * frac).astype(_accumulation_dtype(widened))
 
 
-def _label_weights(row_labels, valid, class_weight, dtype):
-  """class_weight[label] where valid, else 0 (all 1 without class weights)."""
-  if class_weight is None:
-    return valid.astype(dtype)
-  weights = jnp.asarray(class_weight, dtype)[jnp.where(valid, row_labels, 0)]
+def pixel_weights(labels: jnp.ndarray, class_weight: tuple[float, ...], ignore_label: int,
+                  dtype) -> jnp.ndarray:
+  """labels' shape: class_weight[label] at labelled pixels, 0 at ignored ones (this loss's
+  and losses.py's)."""
+  valid = labels != ignore_label
+  weights = jnp.asarray(class_weight, dtype)[jnp.where(valid, labels, 0)]
   return jnp.where(valid, weights, 0.0)
 
 
@@ -91,7 +92,7 @@ def _forward(logits, labels, align_corners, ignore_label, class_weight):
     if class_weight is None:
       loss = jnp.sum(jnp.where(valid, log_sum - (picked - top), 0.0))
     else:
-      weights = _label_weights(row_labels, valid, class_weight, row_logits.dtype)
+      weights = pixel_weights(row_labels, class_weight, ignore_label, row_logits.dtype)
       loss = jnp.sum(jnp.where(valid, (log_sum - (picked - top)) * weights, 0.0))
     # jnp.argmax's first maximum as a min-reduction: argmax is a variadic reduce of
     # (value, index) pairs, slow on XLA:CPU.
@@ -147,8 +148,8 @@ def _backward(align_corners, ignore_label, class_weight, residuals, cotangents):
     valid = row_labels != ignore_label
     row_grad = jnp.where(valid[..., None], probs - (classes == row_labels[..., None]), 0.0)
     if class_weight is not None:
-      row_grad = row_grad * _label_weights(row_labels, valid, class_weight,
-                                           row_grad.dtype)[..., None]
+      row_grad = row_grad * pixel_weights(row_labels, class_weight, ignore_label,
+                                          row_grad.dtype)[..., None]
     # Unrolled over the span: as a reduction XLA:CPU hands it to YNNPACK, 10x slower.
     total = sum(weights[j] * row_grad[j] for j in range(row_grad.shape[0]))
     return None, grad * total
