@@ -16,10 +16,13 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psp_jax import (checkpoint, classes, cli, config_check, datasets, evaluator, inference,
-                     input_pipeline)
-from psp_jax.datasets import checks
+from psp_jax.config import config_check
+from psp_jax.data import input_pipeline
+from psp_jax.data.dataset import Dataset
+from psp_jax.evaluation import evaluator, inference
 from psp_jax.models.pspnet import build_model
+from psp_jax.tools import cli
+from psp_jax.training import checkpoint
 
 config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, test).',
                                 lock_config=True)
@@ -37,13 +40,10 @@ def evaluate(config, model, variables, split: str
              ) -> tuple[dict[str, float], str, np.ndarray]:
   """(metrics, per-class table, [C, C] confusion matrix) of `variables` of `model` on
   `split` of config.dataset; with several processes, each evaluates its share of it."""
-  module = datasets.dataset_module(config.dataset.name)
-  class_names, _ = classes.for_config(config.dataset)
+  data = Dataset(config.dataset)
   split_evaluator = evaluator.Evaluator(model, inference.TestProtocol.from_config(config.test),
-                                        config.model.num_classes, class_names)
-  metrics, table = evaluator.evaluate_split(split_evaluator, datasets.builder(config.dataset),
-                                            checks.decoder(module, len(class_names)), split,
-                                            variables)
+                                        config.model.num_classes, data.class_names)
+  metrics, table = evaluator.evaluate_split(split_evaluator, data, split, variables)
   return metrics, table, split_evaluator.last_confusion
 
 

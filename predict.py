@@ -20,9 +20,13 @@ from absl import flags, logging
 from ml_collections import config_flags
 from PIL import Image
 
-from psp_jax import (checkpoint, classes, cli, config_check, errors, images, inference,
-                     visualize)
+from psp_jax.base import errors, images
+from psp_jax.config import config_check
+from psp_jax.data import catalog
+from psp_jax.evaluation import inference, visualize
 from psp_jax.models.pspnet import build_model
+from psp_jax.tools import cli
+from psp_jax.training import checkpoint
 
 config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, test).',
                                 lock_config=True)
@@ -81,7 +85,7 @@ def main(argv):
                else checkpoint.load_trained_variables(FLAGS.workdir)[0])
   checkpoint.check_fits(variables, checkpoint.variable_shapes(model),
                         FLAGS.checkpoint or FLAGS.workdir)
-  class_names, palette = classes.for_config(config.dataset)
+  class_names, palette = catalog.class_names_and_palette(config.dataset)
   test = inference.TestProtocol.from_config(config.test)
   predictor = inference.predictor_for_test(model, variables, test)
   os.makedirs(FLAGS.out, exist_ok=True)

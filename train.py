@@ -10,7 +10,9 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from psp_jax import cli, input_pipeline, train_loop
+from psp_jax.data import input_pipeline
+from psp_jax.tools import cli
+from psp_jax.training import train_loop
 
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and TensorBoard logs.')

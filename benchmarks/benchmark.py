@@ -1,36 +1,58 @@
 r"""psp_jax vs mmsegmentation's own PSPNet R50-D8 (150 classes), side by side in one run.
 
-  python benchmarks/benchmark.py --eval_batches=1 --train_batch=2 --train_crop=256 \
+  python -m benchmarks.benchmark --eval_batches=1 --train_batch=2 --train_crop=256 \
       --out=benchmarks/cpu.json [--peak_tflops=989] [--dtype=bfloat16] [--skip_mmseg]
-  python benchmarks/benchmark.py --max_batch --train_crop=512 --dtype=bfloat16 --skip_mmseg
+  python -m benchmarks.benchmark --max_batch --train_crop=512 --dtype=bfloat16 --skip_mmseg
 
 Rows: eval forward (whole image, logits at input size) and a train step (forward +
 backward + SGD update, main + 0.4 aux loss). Each row times psp_jax and mmseg alternately
 (A/B, warm-ups excluded; every call's time is in the JSON) and reports medians and their
 ratio, plus psp_jax's compile time, XLA's FLOP count, achieved TFLOP/s and MFU against
 --peak_tflops, and peak memory (host RSS on CPU, device peak on GPU). Synthetic input
-only: no TFDS needed.
+only: no TFDS needed. Run it from the repository root, as a module.
 --max_batch instead finds the largest per-device train batch that runs at --train_crop,
 without and with `remat` on the backbone stages (meant for a GPU: it stops at the first
 out-of-memory error, which a CPU host reaches only after swapping).
 """
 
-import argparse
 import functools
+import importlib.util
 import json
 import os
 import platform
 import resource
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
-from psp_jax import config as base_config
-from psp_jax import build_model, kernels, train_step
+from psp_jax import build_model, config as base_config
+from psp_jax.models import kernels
+from psp_jax.training import train_step
+
+
+def mmseg_reference():
+  """tests/mmseg_reference.py (mmsegmentation's own PSPNet), loaded from its file.
+
+  Not `from tests import mmseg_reference`: mmsegmentation's wheel installs a top-level
+  `tests` package of its own, which wins over this repository's `tests/` (a namespace
+  package, no __init__.py) wherever mmseg is installed. Registered as `mmseg_reference`,
+  the name the tests import it by.
+  """
+  if 'mmseg_reference' in sys.modules:
+    return sys.modules['mmseg_reference']
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests',
+                      'mmseg_reference.py')
+  spec = importlib.util.spec_from_file_location('mmseg_reference', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  sys.modules['mmseg_reference'] = module
+  return module
 
 
 def _peak_memory_mb() -> float:
@@ -90,9 +112,8 @@ def _jax_train(model, batch, size, num_classes):
 
 def _mmseg_runs(batch, size, train_batch, train_size, num_classes):
   import torch  # pylint: disable=g-import-not-at-top
-  from psp_jax import testing as mmseg_reference  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
-  model = mmseg_reference.build_pspnet(depth=50, num_classes=num_classes)
+  model = mmseg_reference().build_pspnet(depth=50, num_classes=num_classes)
   images = torch.randn(batch, 3, size, size)
 
   def evaluate():
@@ -154,80 +175,90 @@ def _ab(ours, theirs, iters, warmup):
   return times
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--eval_batches', default='1', help='comma-separated batch sweep')
-  parser.add_argument('--eval_size', type=int, default=512)
-  parser.add_argument('--train_batch', type=int, default=2)
-  parser.add_argument('--train_crop', type=int, default=256)
-  parser.add_argument('--iters', type=int, default=9, help='timed calls of each, after warm-up')
+FLAGS = flags.FLAGS
+FLAG_NAMES = ('eval_batches', 'eval_size', 'train_batch', 'train_crop', 'iters', 'warmup',
+              'dtype', 'peak_tflops', 'kernels', 'skip_mmseg', 'out', 'max_batch')
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs: importing it (gpu_check.py) defines none."""
+  flags.DEFINE_string('eval_batches', '1', 'comma-separated batch sweep')
+  flags.DEFINE_integer('eval_size', 512, 'eval image height and width')
+  flags.DEFINE_integer('train_batch', 2, 'train step batch')
+  flags.DEFINE_integer('train_crop', 256, 'train step crop height and width')
+  flags.DEFINE_integer('iters', 9, 'timed calls of each, after warm-up')
   # XLA:CPU faults its per-call temporary buffer in afresh at every call. Alternated
   # with PyTorch, those faults cost up to 3x more system time in the first ~8 rounds
   # (2-core VM: train step 2.0-2.2 s, then 1.4-1.5 s; PyTorch steady at ~2.1 s
   # throughout); run alone, psp_jax is steady from its second call.
-  parser.add_argument('--warmup', type=int, default=8, help='untimed calls of each, first')
-  parser.add_argument('--dtype', default='float32', help="compute dtype, e.g. 'bfloat16'")
-  parser.add_argument('--peak_tflops', type=float, default=None,
-                      help='device peak for MFU (e.g. 989 for H100 SXM bf16 dense)')
-  parser.add_argument('--kernels', default='auto', help="config.model.kernels: 'auto', 'xla' or 'cpu'")
-  parser.add_argument('--skip_mmseg', action='store_true')
-  parser.add_argument('--out', default=None, help='JSON file for the table')
-  parser.add_argument('--max_batch', action='store_true',
-                      help='find the largest train batch at --train_crop, without/with remat')
-  args = parser.parse_args()
+  flags.DEFINE_integer('warmup', 8, 'untimed calls of each, first')
+  flags.DEFINE_string('dtype', 'float32', "compute dtype, e.g. 'bfloat16'")
+  flags.DEFINE_float('peak_tflops', None,
+                     'device peak for MFU (e.g. 989 for H100 SXM bf16 dense)')
+  flags.DEFINE_string('kernels', 'auto', "config.model.kernels: 'auto', 'xla' or 'cpu'")
+  flags.DEFINE_bool('skip_mmseg', False, 'time psp_jax only')
+  flags.DEFINE_string('out', None, 'JSON file for the table')
+  flags.DEFINE_bool('max_batch', False,
+                    'find the largest train batch at --train_crop, without/with remat')
 
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   num_classes = 150
   config = base_config.get_model_config()
-  config.dtype = args.dtype
-  config.kernels = kernels.resolve(args.kernels, jax.devices()[0].platform)
+  config.dtype = FLAGS.dtype
+  config.kernels = kernels.resolve(FLAGS.kernels, jax.devices()[0].platform)
   model = build_model(config)
-  if args.max_batch:
-    print(f'{jax.devices()[0].device_kind}, dtype {args.dtype}, train crop {args.train_crop}')
+  if FLAGS.max_batch:
+    print(f'{jax.devices()[0].device_kind}, dtype {FLAGS.dtype}, train crop {FLAGS.train_crop}')
     for remat in (False, True):
       print(f'remat={remat}: largest batch',
-            _max_batch(build_model(config, remat=remat), args.train_crop, num_classes))
+            _max_batch(build_model(config, remat=remat), FLAGS.train_crop, num_classes))
     return
   variables = jax.jit(model.init)(jax.random.PRNGKey(0),
-                                  jnp.zeros((1, args.eval_size, args.eval_size, 3)))
+                                  jnp.zeros((1, FLAGS.eval_size, FLAGS.eval_size, 3)))
   mmseg_eval = mmseg_train = None
   rows = []
 
   def row(name, images, ours, compile_s, flops, theirs):
-    calls = _ab(ours, theirs, args.iters, args.warmup)
-    timing = {k: statistics.median(v[args.warmup:]) if v[args.warmup:] else float('nan')
+    calls = _ab(ours, theirs, FLAGS.iters, FLAGS.warmup)
+    timing = {k: statistics.median(v[FLAGS.warmup:]) if v[FLAGS.warmup:] else float('nan')
               for k, v in calls.items()}
     tflops = flops / timing['ours'] / 1e12
     rows.append({
         'row': name, 'psp_jax_s': timing['ours'], 'mmseg_s': timing['theirs'],
         'ratio': timing['ours'] / timing['theirs'], 'psp_jax_img_s': images / timing['ours'],
         'compile_s': compile_s, 'gflop': flops / 1e9, 'tflop_s': tflops,
-        'mfu': tflops / args.peak_tflops if args.peak_tflops else float('nan'),
+        'mfu': tflops / FLAGS.peak_tflops if FLAGS.peak_tflops else float('nan'),
         'peak_mb': _peak_memory_mb(), 'calls_s': calls})
 
-  for batch in [int(b) for b in args.eval_batches.split(',')]:
-    if not args.skip_mmseg:
-      mmseg_eval, mmseg_train = _mmseg_runs(batch, args.eval_size, args.train_batch,
-                                            args.train_crop, num_classes)
-    ours, compile_s, flops = _jax_eval(model, variables, batch, args.eval_size)
-    row(f'eval {batch}x{args.eval_size}x{args.eval_size}', batch, ours, compile_s, flops,
+  for batch in [int(b) for b in FLAGS.eval_batches.split(',')]:
+    if not FLAGS.skip_mmseg:
+      mmseg_eval, mmseg_train = _mmseg_runs(batch, FLAGS.eval_size, FLAGS.train_batch,
+                                            FLAGS.train_crop, num_classes)
+    ours, compile_s, flops = _jax_eval(model, variables, batch, FLAGS.eval_size)
+    row(f'eval {batch}x{FLAGS.eval_size}x{FLAGS.eval_size}', batch, ours, compile_s, flops,
         mmseg_eval)
-  ours, compile_s, flops = _jax_train(model, args.train_batch, args.train_crop, num_classes)
-  row(f'train {args.train_batch}x{args.train_crop}x{args.train_crop}', args.train_batch, ours,
+  ours, compile_s, flops = _jax_train(model, FLAGS.train_batch, FLAGS.train_crop, num_classes)
+  row(f'train {FLAGS.train_batch}x{FLAGS.train_crop}x{FLAGS.train_crop}', FLAGS.train_batch, ours,
       compile_s, flops, mmseg_train)
 
   header = ('row', 'psp_jax_s', 'mmseg_s', 'ratio', 'psp_jax_img_s', 'compile_s', 'gflop',
             'tflop_s', 'mfu', 'peak_mb')
   print(f'{jax.devices()[0].device_kind} x{jax.device_count()}, {platform.processor() or ""}'
-        f' {os.cpu_count()} cores, jax {jax.__version__}, dtype {args.dtype}')
+        f' {os.cpu_count()} cores, jax {jax.__version__}, dtype {FLAGS.dtype}')
   print(' | '.join(header))
   for r in rows:
     print(' | '.join(r[h] if isinstance(r[h], str) else f'{r[h]:.4g}' for h in header))
-  if args.out:
-    with open(args.out, 'w') as f:
+  if FLAGS.out:
+    with open(FLAGS.out, 'w') as f:
       json.dump({'device': jax.devices()[0].device_kind, 'cores': os.cpu_count(),
-                 'jax': jax.__version__, 'args': vars(args), 'rows': rows,
+                 'jax': jax.__version__,
+                 'args': {name: FLAGS[name].value for name in FLAG_NAMES}, 'rows': rows,
                  'date': time.strftime('%Y-%m-%d')}, f, indent=2)
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main)

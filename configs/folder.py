@@ -8,8 +8,8 @@ config.dataset.img_suffix, seg_map_suffix), with the K class names in DIR/classe
 ({"classes": [...], "palette": [[r, g, b], ...]}) or --config.dataset.classes. Labels are
 class ids 0..K-1 with 255 = ignore (palette or grey PNGs), or RGB colours of the palette;
 --config.dataset.reduce_zero_label=True reads 0 as ignore and k as class k - 1, as mmseg's
-ADE20K. psp_jax.datasets.folder says how the folder is prepared and checked.
-The recipe is mmseg's ADE20K one (psp_jax/config.py); start from an ImageNet backbone with
+ADE20K. psp_jax.data.builders.folder says how the folder is prepared and checked.
+The recipe is mmseg's ADE20K one (psp_jax/config/__init__.py); start from an ImageNet backbone with
 --config.init_from=DIR, written by `python -m psp_jax.convert --format=mmcv-resnet`.
 """
 
@@ -20,7 +20,7 @@ from psp_jax import config as base
 
 def get_config() -> ml_collections.ConfigDict:
   config = base.get_config()
-  config.dataset.name = 'folder'    # psp_jax.datasets.folder over config.dataset.root
+  config.dataset.name = 'folder'    # psp_jax.data.builders.folder over config.dataset.root
   config.dataset.prepare = True     # prepared from the folder, once per change of its files
   config.model.num_classes = 0      # set --config.model.num_classes to your classes' count
   return config

@@ -15,7 +15,7 @@ from psp_jax import config as base
 
 def get_config() -> ml_collections.ConfigDict:
   config = base.get_config()
-  config.dataset.name = 'voc12_aug'  # psp_jax.datasets.voc12_aug: 10,582 train / 1,449 val
+  config.dataset.name = 'voc12_aug'  # psp_jax.data.builders.voc12_aug: 10,582 train / 1,449 val
 
   model = config.model                 # semseg PSPNet(layers=50)
   model.num_classes = 21

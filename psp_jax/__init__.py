@@ -8,15 +8,16 @@ step (`TrainState`, `create_train_state`; the step is `psp_jax.train_step.train_
 the module of that name) and checkpoints of variables (`save_variables`, `load_variables`).
 """
 
-from psp_jax import platforms
+from psp_jax.base import platforms
 
 platforms.cpu_only_without_tpu()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from psp_jax.checkpoint import load_variables, save_variables
-from psp_jax.inference import normalize
-from psp_jax.losses import check_labels, segmentation_loss
-from psp_jax.models import DilatedResNet, PSPNet, PyramidPooling, build_model
-from psp_jax.train_step import TrainState, create_train_state
+from psp_jax.evaluation.inference import normalize
+from psp_jax.models import build_model, DilatedResNet, PSPNet, PyramidPooling
+from psp_jax.training import train_step
+from psp_jax.training.checkpoint import load_variables, save_variables
+from psp_jax.training.losses import check_labels, segmentation_loss
+from psp_jax.training.train_step import create_train_state, TrainState
 
 __version__ = '0.1.0'

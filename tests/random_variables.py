@@ -6,7 +6,7 @@ from typing import Any
 import flax
 import numpy as np
 
-from psp_jax import checkpoint
+from psp_jax.training import checkpoint
 
 
 def random_variables(model, seed: int = 0) -> Any:

@@ -21,7 +21,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from psp_jax.datasets import ade20k
+from psp_jax.data.builders import ade20k
 
 HEIGHT, WIDTH = 6, 8  # not square, so a transposed mask cannot pass
 NUM_IMAGES = {'training': 3, 'validation': 2}

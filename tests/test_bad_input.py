@@ -25,12 +25,14 @@ from configs import ade20k as ade20k_config
 from configs import cityscapes as cityscapes_config
 from configs import quickstart
 from configs import voc12_aug as voc_config
-from psp_jax import (checkpoint, config_check, datasets, errors, images, input_pipeline,
-                     optimizer, train_loop, train_step)
-from psp_jax.datasets import checks
+from psp_jax.base import errors, images
+from psp_jax.config import config_check
+from psp_jax.data import catalog, checks, input_pipeline
+from psp_jax.data.builders import ade20k, cityscapes
+from psp_jax.data.dataset import Dataset
+from psp_jax.data.features import segmentation_features
 from psp_jax.models import build_model
-from psp_jax.datasets import ade20k, cityscapes, synthetic_scenes, voc12_aug
-from psp_jax.datasets.features import segmentation_features
+from psp_jax.training import checkpoint, optimizer, train_loop, train_step
 from test_cityscapes import fake_frame
 from test_train import tiny_config
 
@@ -60,7 +62,7 @@ def test_unknown_key_in_a_config_file_names_it_and_the_closest_known_key(tmp_pat
   config.optimizer.learnin_rate = 0.1
   with pytest.raises(ValueError, match=r'Unknown config keys config\.augmnet \(did you mean '
                      r'config\.augment\?\), config\.optimizer\.learnin_rate \(did you mean '
-                     r'config\.optimizer\.learning_rate\?\)\. .*psp_jax/config\.py'):
+                     r'config\.optimizer\.learning_rate\?\)\. .*psp_jax/config/__init__\.py'):
     train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   assert not (tmp_path / 'workdir').exists() and not (tmp_path / 'tfds').exists()
 
@@ -89,10 +91,9 @@ def test_a_crop_larger_than_the_images_warns_naming_both(tmp_path, crop, resize_
                                                          scale_range, warned):
   config = tiny_config(str(tmp_path / 'tfds'), steps=2)
   config.augment.update(crop_size=crop, resize_scale=resize_scale, scale_range=scale_range)
-  builder = datasets.builder(config.dataset)
-  builder.download_and_prepare()
-  message = train_loop.warn_if_every_crop_is_padded(
-      config, builder, checks.decoder(datasets.dataset_module(config.dataset.name)))
+  data = Dataset(config.dataset)
+  data.builder.download_and_prepare()
+  message = train_loop.warn_if_every_crop_is_padded(config, data)
   if warned is None:
     assert message is None
   else:
@@ -207,7 +208,7 @@ def test_ade20k_not_prepared_says_where_its_archive_goes(tmp_path):
 
 
 @pytest.mark.parametrize('name, num_classes, archives', [
-    ('voc12_aug', 21, voc12_aug.MANUAL_ARCHIVES),
+    ('voc12_aug', 21, ('VOCtrainval_11-May-2012.tar', 'benchmark.tgz')),
     (cityscapes.TFDS_NAME, 19, ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'))])
 def test_missing_manual_archives_are_named_with_the_folder_they_go_in(tmp_path, name,
                                                                       num_classes, archives):
@@ -289,7 +290,7 @@ def _bad_examples(tmp_path, name):
 
 def _readers(builder):
   """Each way the pipeline reads a split: training, and evaluation (train.py and evaluate.py)."""
-  decode = checks.decoder(synthetic_scenes)  # 10 classes, our format
+  decode = checks.decoder(10)  # the scenes' classes, our format
   augment = dict(quickstart.get_config().augment, crop_size=(8, 8))
 
   def batch():
@@ -323,7 +324,7 @@ def test_label_of_another_size_than_its_image_names_the_file_and_sizes(tmp_path)
 
 def test_good_examples_pass_the_checks_unchanged(tmp_path):
   builder = _bad_examples(tmp_path, 'label_values')
-  decode = checks.decoder(synthetic_scenes)
+  decode = checks.decoder(10)
   stored = builder.as_dataset(split='train').filter(lambda ex: ex['file_name'] == 'good.jpg')
   [(example, (image, label))] = tfds.as_numpy(stored.map(lambda ex: (ex, decode(ex))))
   np.testing.assert_array_equal(image, example['image'])
@@ -331,17 +332,24 @@ def test_good_examples_pass_the_checks_unchanged(tmp_path):
   assert label[0, 0, 0] == 255
 
 
+def _cityscapes_config(data_dir=None):
+  dataset = tiny_config(data_dir, steps=2).dataset
+  dataset.update(name=cityscapes.TFDS_NAME, prepare=True)
+  return dataset
+
+
 def test_cityscapes_labels_are_checked_after_mapping_ids_to_train_ids():
   label_ids = np.full((4, 6, 1), 33, np.uint8)  # bicycle's id: 33 >= 19, train id 18
   label_ids[0, 0] = 0  # unlabeled -> 255
   example = {'image_left': tf.zeros((4, 6, 3), tf.uint8), 'segmentation_label': label_ids,
              'image_id': tf.constant('aachen_000000_000019')}
-  _, label = checks.decoder(cityscapes)(example)
+  decode = Dataset(_cityscapes_config()).decode
+  _, label = decode(example)
   assert label.numpy()[0, 0, 0] == 255 and (label.numpy()[1:] == 18).all()
   example['image_left'] = tf.zeros((4, 5, 3), tf.uint8)
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r'aachen_000000_000019: label size \[4 6\] differs'):
-    checks.decoder(cityscapes)(example)
+    decode(example)
 
 
 def test_corrupt_image_names_the_file_not_a_bare_decode_error(tmp_path):
@@ -393,8 +401,8 @@ def _write_cityscapes_archives(manual_dir, corrupt):
   """The two official zips: 4 train frames (one per simulated device), 1 val, 1 test frame;
   the image of frame `corrupt` is cut short."""
   manual_dir.mkdir(parents=True)
-  with zipfile.ZipFile(manual_dir / cityscapes.MANUAL_ARCHIVES[0], 'w') as images, \
-       zipfile.ZipFile(manual_dir / cityscapes.MANUAL_ARCHIVES[1], 'w') as labels:
+  with zipfile.ZipFile(manual_dir / catalog.CITYSCAPES.manual[0], 'w') as images, \
+       zipfile.ZipFile(manual_dir / catalog.CITYSCAPES.manual[1], 'w') as labels:
     for k, split in enumerate(('train',) * 4 + ('val', 'test')):
       image, label = fake_frame(k)
       stem = f'aachen_{k:06d}_000019'
@@ -426,14 +434,13 @@ def test_cityscapes_label_of_another_size_fails_preparation(tmp_path):
   unread, and decoding it (as training would) fails."""
   manual_dir = tmp_path / 'tfds' / 'downloads' / 'manual'
   _write_cityscapes_archives(manual_dir, corrupt=None)
-  _damage(manual_dir / cityscapes.MANUAL_ARCHIVES[1],
+  _damage(manual_dir / catalog.CITYSCAPES.manual[1],
           'gtFine/val/aachen/aachen_000004_000019_gtFine_labelIds.png',
           lambda _: tf.io.encode_png(fake_frame(4)[1][:, :-8]).numpy())  # 8 columns short
-  builder = tfds.builder(cityscapes.TFDS_NAME, data_dir=str(tmp_path / 'tfds'))
-  config = tiny_config(str(tmp_path / 'tfds'), steps=2)
+  data = Dataset(_cityscapes_config(str(tmp_path / 'tfds')))
   with pytest.raises(errors.InputError, match=r'1 stored image\(s\) would stop training: '
                      r'validation: aachen_000004_000019 \(segmentation_label\)\.'):
-    train_loop.prepare_dataset(config.dataset, builder, cityscapes)
+    data.prepare()
 
 
 # ------------------------------------------------------------ checkpoints of another model

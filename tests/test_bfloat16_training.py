@@ -20,8 +20,10 @@ import optax
 import pytest
 import torch
 
-from psp_jax import build_model, kernels, train_step
-from psp_jax import testing as ref
+from psp_jax import build_model
+from psp_jax.models import kernels
+from psp_jax.training import train_step
+import mmseg_reference as ref
 from psp_jax.convert import convert_state_dict
 
 NUM_CLASSES = 19

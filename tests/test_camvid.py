@@ -15,8 +15,12 @@ import pytest
 from PIL import Image
 
 from configs import camvid as camvid_config
-from psp_jax import class_weights, config_check, datasets, errors, train_loop
-from psp_jax.datasets import camvid, checks
+from psp_jax.base import errors
+from psp_jax.config import config_check
+from psp_jax.data.builders import camvid
+from psp_jax.data.dataset import Dataset
+from psp_jax.tools import class_weights
+from psp_jax.training import train_loop
 import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,16 +67,16 @@ def camvid_dataset(data_dir):
 
 def prepare(data_dir):
   dataset = camvid_dataset(data_dir)
-  builder = datasets.builder(dataset)
-  checks.check_prepared(dataset, camvid, builder)
-  builder.download_and_prepare()
-  return builder
+  data = Dataset(dataset)
+  data.check_prepared()
+  data.builder.download_and_prepare()
+  return data.builder
 
 
 def test_splits_come_from_the_lists_with_void_ignored(tmp_path):
   keys = write_camvid(tmp_path / 'downloads' / 'manual')
   builder = prepare(tmp_path)
-  decode = checks.decoder(camvid)
+  decode = Dataset(camvid_dataset(tmp_path)).decode
   for split, folder in (('train', 'train'), ('validation', 'val'), ('test', 'test')):
     examples = list(builder.as_dataset(split=split, shuffle_files=False))
     names = sorted(e['file_name'].numpy().decode() for e in examples)
@@ -135,7 +139,7 @@ def test_a_bad_file_stops_preparation_naming_it(tmp_path, damage, message):
 def test_shipped_config_is_valid_and_its_class_weights_are_enets():
   config = camvid_config.get_config()
   config_check.check_config(config)
-  # The train split's class shares measured by `python -m psp_jax.class_weights`.
+  # The train split's class shares measured by `python -m psp_jax.tools.class_weights`.
   shares = np.array([17.54, 24.21, 1.02, 32.96, 4.67, 10.12, 1.22, 1.17, 6.11, 0.67, 0.30])
   np.testing.assert_allclose(config.class_weight, class_weights.enet(shares), rtol=2e-3)
   config.class_weight = config.class_weight[:10]
@@ -160,7 +164,7 @@ def test_median_frequency_and_enet_weights_from_a_histogram():
 def test_class_weights_command_prints_the_override(tmp_path):
   write_camvid(tmp_path / 'downloads' / 'manual')
   result = subprocess.run(
-      [sys.executable, '-m', 'psp_jax.class_weights', '--config=configs/camvid.py',
+      [sys.executable, '-m', 'psp_jax.tools.class_weights', '--config=configs/camvid.py',
        f'--config.dataset.data_dir={tmp_path}', '--method=median_frequency'],
       capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert result.returncode == 0, result.stderr[-2000:]

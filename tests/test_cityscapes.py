@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from psp_jax.datasets import cityscapes
+from psp_jax.data.builders import cityscapes
 
 # Label id -> train id, transcribed from cityscapesScripts' labels.py; every other id -> 255.
 EXPECTED_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,

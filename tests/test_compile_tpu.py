@@ -18,8 +18,8 @@ import optax
 import pytest
 
 import tiny_config
-from psp_jax import train_step
 from psp_jax.models.pspnet import build_model
+from psp_jax.training import train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,9 +35,9 @@ def test_tiny_train_and_eval_steps_compile_for_a_v5e_topology(tmp_path):
   env = dict(os.environ, PYTHONPATH=f'{ROOT}{os.pathsep}{ROOT / "tests"}')
   env.pop('XLA_FLAGS', None)  # the tests' simulated CPU devices are not the TPU's
   result = subprocess.run(
-      [sys.executable, str(ROOT / 'benchmarks/compile_tpu.py'),
+      [sys.executable, '-m', 'benchmarks.compile_tpu',
        f'--config={ROOT / "tests/tiny_config.py"}', '--topology=v5e:2x2'],
-      capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+      capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   reports = {r['program']: r for r in map(json.loads, result.stdout.splitlines())}
   train, evaluation = reports['train'], reports['eval']

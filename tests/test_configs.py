@@ -3,7 +3,7 @@
 import pytest
 
 from configs import ade20k, ade20k_csail, camvid, cityscapes, folder, quickstart, voc12_aug
-from psp_jax import inference
+from psp_jax.evaluation import inference
 from psp_jax.models.pspnet import build_model
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psp_jax.kernels.conv import conv_general_dilated
+from psp_jax.models.kernels.conv import conv_general_dilated
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 

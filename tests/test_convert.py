@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from psp_jax import testing as ref
-from psp_jax import config as base_config
-from psp_jax import build_model, checkpoint
+import mmseg_reference as ref
+from psp_jax import build_model, config as base_config
 from psp_jax.convert import ConversionError, convert_state_dict, load_torch_checkpoint
+from psp_jax.training import checkpoint
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 ROOT = os.path.dirname(os.path.dirname(__file__))

@@ -21,8 +21,11 @@ from mit_semseg.models import ModelBuilder, models as csail_models, resnet as cs
 from PIL import Image
 
 from configs import ade20k_csail
-from psp_jax import build_model, checkpoint, errors, inference, losses
-from psp_jax import testing as ref
+from psp_jax import build_model
+from psp_jax.base import errors
+from psp_jax.evaluation import inference
+from psp_jax.training import checkpoint, losses
+import mmseg_reference as ref
 from psp_jax.convert import ConversionError, convert_state_dict, load_torch_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -40,7 +43,7 @@ def _assert_close(ours, reference, name):
 
 def _model_config(depth):
   config = ade20k_csail.get_config().model
-  # The architecture is what is tested here; psp_jax.kernels' CPU rewrites are tested
+  # The architecture is what is tested here; psp_jax.models.kernels' CPU rewrites are tested
   # against the plain operations in test_kernels.py (and compile 3x slower).
   config.update(depth=depth, kernels='xla')
   if depth < 50:

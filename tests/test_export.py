@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from psp_jax import checkpoint, export, inference
+from psp_jax import export
+from psp_jax.evaluation import inference
 from psp_jax.models.pspnet import build_model
+from psp_jax.training import checkpoint
 from random_variables import random_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,9 +14,12 @@ import tensorflow_datasets as tfds
 
 import evaluate
 from configs import folder as folder_config
-from psp_jax import checkpoint, classes, errors, images, train_loop
-from psp_jax.datasets import folder, synthetic_scenes
+from psp_jax.base import errors, images
+from psp_jax.data import catalog, classes
+from psp_jax.data.dataset import Dataset
+from psp_jax.data.builders import folder, synthetic_scenes
 from psp_jax.models.pspnet import build_model
+from psp_jax.training import checkpoint, train_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = synthetic_scenes.CLASS_NAMES
@@ -56,7 +59,7 @@ def dataset_config(root, data_dir, **changes):
 
 
 def prepare(root, data_dir, **changes):
-  builder = folder.builder(dataset_config(root, data_dir, **changes))
+  builder = Dataset(dataset_config(root, data_dir, **changes)).builder
   builder.download_and_prepare()
   return builder
 
@@ -78,7 +81,7 @@ def test_folder_is_prepared_as_stored_and_once_per_change(tmp_path):
   np.testing.assert_array_equal(image, tf.io.decode_jpeg(jpeg).numpy())
   np.testing.assert_array_equal(label, synthetic_scenes.render_scene(1)[1])
   # Unchanged: the same prepared data. A file added: prepared again, under another name.
-  assert folder.builder(dataset_config(root, tmp_path / 'tfds')).data_dir == builder.data_dir
+  assert Dataset(dataset_config(root, tmp_path / 'tfds')).builder.data_dir == builder.data_dir
   write_folder(root, counts=(('train', 5),))
   again = prepare(root, tmp_path / 'tfds')
   assert again.data_dir != builder.data_dir
@@ -118,11 +121,11 @@ def test_train_evaluate_and_predict_on_a_folder(tmp_path):
 def test_class_names_come_from_the_config_or_classes_json(tmp_path):
   root = write_folder(tmp_path / 'data', with_classes_json=False)
   with pytest.raises(errors.InputError, match=rf'{tmp_path / "data"} has no classes\.json'):
-    classes.for_config(dataset_config(root, tmp_path))
-  names, palette = classes.for_config(dataset_config(root, tmp_path, classes=NAMES))
+    catalog.class_names_and_palette(dataset_config(root, tmp_path))
+  names, palette = catalog.class_names_and_palette(dataset_config(root, tmp_path, classes=NAMES))
   assert names == NAMES and len(set(palette)) == len(NAMES)  # a fixed default palette
   (root / 'classes.json').write_text(json.dumps({'classes': NAMES, 'palette': PALETTE}))
-  assert classes.for_config(dataset_config(root, tmp_path)) == (NAMES, tuple(PALETTE))
+  assert catalog.class_names_and_palette(dataset_config(root, tmp_path)) == (NAMES, tuple(PALETTE))
 
 
 @pytest.mark.parametrize('mode', ['L', 'LA', 'RGBA', 'P', 'CMYK', 'I;16'])
@@ -255,10 +258,10 @@ def test_classes_json_must_list_names_and_the_palette_error_names_the_file(tmp_p
   path.write_text(json.dumps({'classes': 'bgr'}))
   with pytest.raises(errors.InputError, match=r'classes.json: "classes" must be a list of '
                                               r"names, .* not 'bgr'"):
-    classes.read_folder(dataset_config(root, tmp_path / 'tfds'))
+    catalog.class_names_and_palette(dataset_config(root, tmp_path / 'tfds'))
   path.write_text(json.dumps({'classes': NAMES, 'palette': PALETTE[:3]}))
   with pytest.raises(errors.InputError, match=r'classes.json: the palette of 3 colours'):
-    classes.read_folder(dataset_config(root, tmp_path / 'tfds'))
+    catalog.class_names_and_palette(dataset_config(root, tmp_path / 'tfds'))
 
 
 def test_an_empty_split_folder_is_named_as_empty(tmp_path):

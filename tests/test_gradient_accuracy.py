@@ -25,8 +25,10 @@ import numpy as np
 import pytest
 import torch
 
-from psp_jax import build_model, kernels, losses
-from psp_jax import testing as ref
+from psp_jax import build_model
+from psp_jax.models import kernels
+from psp_jax.training import losses
+import mmseg_reference as ref
 from psp_jax.convert import convert_state_dict
 
 NUM_CLASSES = 19

@@ -4,11 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from psp_jax import testing as ref
-from psp_jax import config as base_config
-from psp_jax import build_model, evaluator, inference, metrics, spec
-from psp_jax.inference import TestProtocol
+import mmseg_reference as ref
+from psp_jax import build_model, config as base_config
+from psp_jax.base import spec
 from psp_jax.convert import convert_state_dict
+from psp_jax.evaluation import evaluator, inference, metrics
+from psp_jax.evaluation.inference import TestProtocol
 
 NUM_CLASSES = 19
 TEST_SCALE = (160, 96)  # mmseg Resize(scale=(long, short), keep_ratio=True), scaled down

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from psp_jax import augment as aug
-from psp_jax import input_pipeline, spec
+from psp_jax.base import spec
+from psp_jax.data import augment as aug, input_pipeline
 
 CONFIG = dict(scale_range=(0.5, 2.0), crop_size=(48, 64), cat_max_ratio=0.75, flip=True)
 # Every augmentation on, at semseg's rotation and blur and mmseg's photometric distortion.
@@ -81,7 +81,7 @@ def test_cat_max_ratio_avoids_crops_of_one_class():
 
 @pytest.fixture(scope='module')
 def tiny_scenes(tmp_path_factory):
-  from psp_jax.datasets import synthetic_scenes
+  from psp_jax.data.builders import synthetic_scenes
   builder = synthetic_scenes.SyntheticScenes(config='tiny',
                                              data_dir=str(tmp_path_factory.mktemp('tfds')))
   builder.download_and_prepare()
@@ -90,7 +90,7 @@ def tiny_scenes(tmp_path_factory):
 
 def test_create_split_batches_tfds_data_for_pmap(tiny_scenes):
   import jax
-  from psp_jax.datasets import synthetic_scenes
+  from psp_jax.data.builders import synthetic_scenes
   builder = tiny_scenes
   config = dict(CONFIG, crop_size=(64, 64))
   train = input_pipeline.create_split(builder, 'train', config, per_device_batch=2, seed=1)
@@ -336,7 +336,7 @@ def test_a_saved_position_reads_back_and_another_device_count_is_warned_of(tmp_p
   from unittest import mock
 
   import jax
-  from psp_jax import resumable_iterator
+  from psp_jax.data import resumable_iterator
   batches = resumable_iterator.ResumableIterator(
       tf.data.Dataset.range(100).batch(2), 2, str(tmp_path), position=6)
   next(batches), next(batches)

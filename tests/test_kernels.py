@@ -1,4 +1,4 @@
-"""psp_jax.kernels: each speed rewrite equals the plain computation, and no mode changes
+"""psp_jax.models.kernels: each speed rewrite equals the plain computation, and no mode changes
 the parameter tree. (Pooling, resizing and the pyramid's pieces against PyTorch:
 test_resample.py; the convolution rewrites: test_conv.py, test_winograd.py.)"""
 
@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psp_jax import build_model, kernels, losses
+from psp_jax import build_model
+from psp_jax.models import kernels
+from psp_jax.training import losses
 
 TINY = dict(num_classes=5, depth=18, stem_widths=(4, 4, 8), base_width=8, ppm_channels=4,
             channels=8, aux_channels=4, dropout_rate=0.0)
@@ -73,7 +75,7 @@ def test_cpu_kernels_give_the_plain_model_same_parameters_outputs_and_gradients(
 
 @pytest.mark.parametrize('align_corners', [False, True])
 def test_blockwise_loss_equals_the_plain_loss(align_corners):
-  from psp_jax.kernels import cross_entropy
+  from psp_jax.models.kernels import cross_entropy
   rng = np.random.RandomState(1)
   logits = jnp.asarray(rng.randn(2, 9, 11, 7), jnp.float32)
   labels = np.where(rng.rand(2, 67, 83) < 0.3, 255, rng.randint(0, 7, (2, 67, 83)))
@@ -89,8 +91,8 @@ def test_blockwise_loss_equals_the_plain_loss(align_corners):
 
 
 def test_export_tables_are_resamples_at_symbolic_sizes():
-  from psp_jax import resample
-  from psp_jax.kernels import shape_polymorphic
+  from psp_jax.models import resample
+  from psp_jax.models.kernels import shape_polymorphic
 
   def tables(source, target):  # only the (symbolic) lengths of the two vectors are used
     n_in, n_out = source.shape[0], target.shape[0]

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psp_jax.kernels.keep import keep as materialize
+from psp_jax.models.kernels.keep import keep as materialize
 
 
 def test_identity_on_values_and_gradients():

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from psp_jax import testing as ref
-from psp_jax import config as base_config
-from psp_jax import build_model, losses
-from psp_jax import kernels as kernel_lib
+import mmseg_reference as ref
+from psp_jax import build_model, config as base_config
 from psp_jax.convert import convert_state_dict
+from psp_jax.models import kernels as kernel_lib
 from psp_jax.models.pspnet import module_defs
 from psp_jax.models.resnet import DilatedResNet
+from psp_jax.training import losses
 
 RTOL = 1e-4  # max |ours - ref| <= RTOL * max |ref|
 # Per parameter, float64 end to end. Eval-mode BN agrees to ~1e-15; training-mode BN over

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from psp_jax import testing as ref
+import mmseg_reference as ref
 from configs import ade20k
-from psp_jax import build_model, optimizer, train_step
+from psp_jax import build_model
 from psp_jax.convert import convert_state_dict
+from psp_jax.training import optimizer, train_step
 
 STEPS = 5
 NUM_CLASSES = 150

@@ -26,8 +26,8 @@ import pytest
 
 import evaluate
 import tiny_config
-from psp_jax import checkpoint, train_loop
 from psp_jax.models import build_model
+from psp_jax.training import checkpoint, train_loop
 from test_preemption import assert_same_losses, losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,7 +22,8 @@ import pytest
 import tensorflow as tf
 
 import tiny_config
-from psp_jax import build_model, checkpoint, optimizer, train_loop, train_step
+from psp_jax import build_model
+from psp_jax.training import checkpoint, optimizer, train_loop, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12

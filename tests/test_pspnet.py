@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psp_jax import config as base_config
-from psp_jax import build_model
+from psp_jax import build_model, config as base_config
 
 TINY = dict(depth=18, stem_widths=(4, 4, 8), base_width=4, channels=8, ppm_channels=8,
             aux_channels=4, num_classes=5)
@@ -144,7 +143,7 @@ def test_build_model_rejects_bad_config():
 @pytest.mark.parametrize('align_corners', [False, True])
 def test_pyramid_bottleneck_equals_conv_over_the_concatenation(align_corners):
   """The head never builds PyramidPooling's concatenation; its output and gradients are the same."""
-  from psp_jax.kernels.pyramid import PyramidBottleneck
+  from psp_jax.models.kernels.pyramid import PyramidBottleneck
   from psp_jax.models.pspnet import ConvBNReLU, PyramidPooling, module_defs
   conv, norm = module_defs(train=True)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 13, 11, 16))

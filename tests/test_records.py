@@ -3,8 +3,8 @@
 import pytest
 import tensorflow as tf
 
-from psp_jax import errors
-from psp_jax.datasets import records
+from psp_jax.base import errors
+from psp_jax.data import records
 
 
 def _write(path, payloads):
@@ -42,7 +42,7 @@ def test_a_truncated_or_changed_file_is_named(tmp_path):
 
 
 def test_a_prepared_split_reads_as_tfds_reads_it(tmp_path):
-  from psp_jax.datasets import synthetic_scenes
+  from psp_jax.data.builders import synthetic_scenes
   builder = synthetic_scenes.SyntheticScenes(config='tiny', data_dir=str(tmp_path))
   builder.download_and_prepare()
   stored = records.split_records(builder, 'validation')

@@ -1,5 +1,5 @@
 """Adaptive pooling, max pooling and bilinear resizing match PyTorch, on sizes that do not
-divide: the plain ops (psp_jax.resample) and their psp_jax.kernels rewrites alike."""
+divide: the plain ops (psp_jax.models.resample) and their psp_jax.models.kernels rewrites alike."""
 
 import jax
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psp_jax import resample
-from psp_jax.kernels import pooling, pyramid, resize
+from psp_jax.models import resample
+from psp_jax.models.kernels import pooling, pyramid, resize
 
 MAX_POOLS = {'plain': resample.max_pool, 'kernel': pooling.max_pool}
 RESIZES = {'plain': resample.resize_bilinear, 'kernel': resize.resize_bilinear}

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import psp_jax
-from psp_jax import errors, kernels, losses, platforms
+from psp_jax.base import errors, platforms
+from psp_jax.models import kernels
+from psp_jax.training import losses
 from random_variables import random_variables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from psp_jax.datasets import synthetic_scenes as scenes
+from psp_jax.data.builders import synthetic_scenes as scenes
 
 
 class SyntheticScenesTest(tfds.testing.DatasetBuilderTestCase):

@@ -13,8 +13,9 @@ import tensorflow as tf
 
 import tiny_config as tiny
 import evaluate
-from psp_jax import checkpoint, metrics as metrics_lib, optimizer, train_loop, train_step
+from psp_jax.evaluation import metrics as metrics_lib
 from psp_jax.models.pspnet import build_model
+from psp_jax.training import checkpoint, optimizer, train_loop, train_step
 
 
 def tiny_config(data_dir, steps):
@@ -176,7 +177,7 @@ def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(interrupted_r
 
 def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from psp_jax.datasets import synthetic_scenes  # pylint: disable=g-import-not-at-top
+  from psp_jax.data.builders import synthetic_scenes  # pylint: disable=g-import-not-at-top
   image, _ = synthetic_scenes.render_scene(12345)
   Image.fromarray(image[:, :120]).save(tmp_path / 'street.png')  # any size
   Image.fromarray(image[:, :120]).save(tmp_path / 'street.jpg')  # same name, other suffix
@@ -226,7 +227,7 @@ def test_predict_of_an_empty_folder_says_so_in_one_line(tmp_path):
 
 
 def test_colorize_draws_the_palette_and_ignore_in_black():
-  from psp_jax import visualize  # pylint: disable=g-import-not-at-top
+  from psp_jax.evaluation import visualize  # pylint: disable=g-import-not-at-top
   colours = visualize.colorize(np.array([[0, 1], [255, 7]]), [(1, 2, 3), (4, 5, 6)])
   np.testing.assert_array_equal(colours, [[[1, 2, 3], [4, 5, 6]], [[0, 0, 0], [0, 0, 0]]])
 

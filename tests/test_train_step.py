@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from flax import jax_utils
 
-from psp_jax import build_model, losses, optimizer, train_step
-from psp_jax.kernels import cross_entropy
+from psp_jax import build_model
+from psp_jax.models.kernels import cross_entropy
+from psp_jax.training import losses, optimizer, train_step
 
 TINY = dict(depth=18, stem_widths=(4, 4, 8), base_width=4, channels=8, ppm_channels=8,
             aux_channels=4, num_classes=5, dropout_rate=0.0)
@@ -153,7 +154,7 @@ def test_loss_at_logits_resolution_needs_logits_on_the_downsampled_grid():
 @pytest.mark.parametrize('version,block_rows', [('plain', None), ('blocks', None), ('blocks', 4)])
 def test_upsampled_loss_matches_torch_interpolate_then_cross_entropy(
     monkeypatch, align_corners, logit_size, label_size, version, block_rows):
-  """Sum, argmax hits and gradient of the plain and the blockwise (psp_jax.kernels) loss vs
+  """Sum, argmax hits and gradient of the plain and the blockwise (psp_jax.models.kernels) loss vs
   F.interpolate + F.cross_entropy."""
   sums = (losses.upsampled_cross_entropy_sums if version == 'plain'
           else cross_entropy.upsampled_cross_entropy_sums)

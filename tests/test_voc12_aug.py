@@ -17,7 +17,7 @@ import pytest
 import scipy.io
 import tensorflow_datasets as tfds
 
-from psp_jax.datasets import voc12_aug
+from psp_jax.data.builders import voc12_aug
 
 HEIGHT, WIDTH = 5, 7  # not square, so a transposed mask cannot pass
 VOC_TRAIN = ['2007_000032', '2007_000039']

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psp_jax.kernels import conv
+from psp_jax.models.kernels import conv
 
 
 def _direct(x, kernel, dilation):

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from psp_jax import errors, workdir_lock
+from psp_jax.base import errors
+from psp_jax.training import workdir_lock
 from test_multiprocess import log, start_two_processes
 from test_preemption import ROOT, command
 

@@ -15,9 +15,10 @@ architecture, e.g. --config.model.num_classes=19.
 from absl import app, flags
 from ml_collections import config_flags
 
-from psp_jax import checkpoint, cli
 from psp_jax.convert import torch_checkpoint
 from psp_jax.models.pspnet import build_model
+from psp_jax.tools import cli
+from psp_jax.training import checkpoint
 
 config_flags.DEFINE_config_file('config', None, 'Config file whose `model` the checkpoint is for.',
                                 lock_config=True)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from psp_jax import errors
+from psp_jax.base import errors
 from psp_jax.models.pspnet import PSPNet
 
 Variables = dict[str, Any]

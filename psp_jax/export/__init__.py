@@ -4,7 +4,7 @@ Every artifact holds the variables as constants and takes uint8 RGB images [B, H
 of any batch size B, height H and width W (all three symbolic), normalised inside
 (inference.normalize); it returns the label map [B, H, W] int32 and the logits
 [B, H, W, K] float32 at the input size (`PSPNet.segment`). The model is traced with the
-'export' kernels (psp_jax/kernels/__init__.py): the plain operations, with the bilinear
+'export' kernels (psp_jax/models/kernels/__init__.py): the plain operations, with the bilinear
 and adaptive-pooling tables computed in the graph from the input's size instead of from
 static NumPy tables, so one artifact serves every image size with the same bins and
 interpolation weights as PyTorch; onnxruntime runs the ONNX model (jax2onnx, opset 23).
@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psp_jax import errors, inference
+from psp_jax.base import errors
+from psp_jax.evaluation import inference
 
 FORMATS = ('stablehlo', 'savedmodel', 'onnx')
 

@@ -16,8 +16,13 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from psp_jax import checkpoint, cli, config_check, errors, export, input_pipeline
+from psp_jax import export
+from psp_jax.base import errors
+from psp_jax.config import config_check
+from psp_jax.data import input_pipeline
 from psp_jax.models.pspnet import build_model
+from psp_jax.tools import cli
+from psp_jax.training import checkpoint
 
 config_flags.DEFINE_config_file('config', None, 'Config file whose `model` the variables are.',
                                 lock_config=True)

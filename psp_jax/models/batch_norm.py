@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from psp_jax import errors
+from psp_jax.base import errors
 
 
 class BatchNorm(nn.Module):

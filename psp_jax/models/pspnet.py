@@ -2,7 +2,7 @@
 
 Module and parameter names follow mmsegmentation's concepts (backbone, decode_head,
 auxiliary_head, conv_seg) so converted checkpoints read naturally. The operations a
-mode of psp_jax.kernels rewrites for speed come in as `ops`; the parameters are the same.
+mode of psp_jax.models.kernels rewrites for speed come in as `ops`; the parameters are the same.
 """
 
 import functools
@@ -12,9 +12,9 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from psp_jax import errors, kernels as kernel_lib
-from psp_jax.models import resnet
-from psp_jax.models.resnet import DilatedResNet, ModuleDef, module_defs
+from psp_jax.base import errors
+from psp_jax.models import kernels as kernel_lib, resnet
+from psp_jax.models.resnet import DilatedResNet, module_defs, ModuleDef
 
 # mmseg's decode heads initialise the classifier with N(0, 0.01) and a zero bias.
 classifier_init = nn.initializers.normal(0.01)
@@ -185,7 +185,7 @@ class PSPNet(nn.Module):
   Training needs `rngs={'dropout': key}` and `mutable=['batch_stats']`.
 
   Attributes mirror mmsegmentation's `pspnet_r50-d8` config names; `kernels` chooses
-  the speed rewrites of psp_jax.kernels ('auto', 'xla' or 'cpu').
+  the speed rewrites of psp_jax.models.kernels ('auto', 'xla' or 'cpu').
   """
   num_classes: int = 150
   depth: int = 50

@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from psp_jax import errors, resample
+from psp_jax.base import errors
+from psp_jax.models import resample
 from psp_jax.models.batch_norm import BatchNorm
 
 ModuleDef = Any
@@ -32,7 +33,7 @@ def module_defs(train: bool, bn_axis_name: str | None = None, dtype: Any = jnp.f
   Convolutions have no bias (each is followed by BN) and torchvision's initialisation;
   BatchNorm is PyTorch's BatchNorm2d (eps 1e-5, momentum `bn_momentum`, PyTorch's
   convention: 0.1 as BatchNorm2d, 0.001 as CSAIL's SynchronizedBatchNorm2d), synchronised
-  over the pmap axis `bn_axis_name` when set. `ops`: a psp_jax.kernels.Kernels whose
+  over the pmap axis `bn_axis_name` when set. `ops`: a psp_jax.models.kernels.Kernels whose
   convolution lowering nn.Conv calls; None for lax's own.
   """
   conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype,
@@ -131,7 +132,7 @@ class BasicBlock(nn.Module):
   dilation: int = 1
   conv2_dilation: int = 1
   downsample: bool = False
-  keep: Callable | None = None  # psp_jax.kernels' residual-stream identity, or none
+  keep: Callable | None = None  # psp_jax.models.kernels' residual-stream identity, or none
   expansion = 1
 
   @nn.compact
@@ -199,7 +200,7 @@ class DilatedResNet(nn.Module):
       BatchNorm2d, unsynchronised.
     train: BatchNorm's mode when `norm` is None (batch statistics, running averages kept
       in 'batch_stats'); a given `norm` carries its own.
-    max_pool, keep: the stem's max pool and the residual-stream identity (psp_jax.kernels).
+    max_pool, keep: the stem's max pool and the residual-stream identity (psp_jax.models.kernels).
   """
   conv: ModuleDef | None = None
   norm: ModuleDef | None = None
