@@ -21,3 +21,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 2
   config.checkpoint_every_steps = 2
   return config
+
+
+def for_run(data_dir: str, steps: int) -> ml_collections.ConfigDict:
+  """get_config() with the scenes in `data_dir` and `steps` steps, for tests that train
+  in-process."""
+  config = get_config()
+  config.dataset.data_dir = data_dir
+  config.num_train_steps = steps
+  return config

@@ -2,7 +2,7 @@
 
 Each rewrite equals its plain counterpart (psp_jax/models/resample.py, flax's nn.Conv, the model's
 plain pyramid, losses.py) up to float rounding, and none changes the parameter tree, so
-checkpoints and converters are the same in every mode. tests/test_kernels.py holds each
+checkpoints and converters are the same in every mode. tests/models/test_kernels.py holds each
 to its plain version; the mmseg parity tests run in 'xla' and 'cpu'.
 
   'xla'     plain JAX everywhere: XLA's own lowering (GPU, TPU).

@@ -2,7 +2,7 @@
 
 Only flax's NHWC/HWIO layout with explicit padding and no feature groups is rewritten;
 anything else goes to lax unchanged. Each rewrite equals lax's convolution up to float
-rounding (tests/test_kernels.py):
+rounding (tests/models/test_kernels.py):
 - 1x1 kernels run as a matrix product (a strided 1x1 conv reads every stride-th pixel,
   so the input is sliced first).
 - Kernel gradients are dots, one per tap, contracting the output gradient with the

@@ -7,7 +7,7 @@ possibly symbolic size, ATen's index arithmetic as array ops), so that `jax.expo
 jax2tf and jax2onnx write one artifact that takes any height and width. Every step is
 the same IEEE operation in the same dtype as resample's: the pooling tables are resample's
 bit for bit; a compiler that fuses the bilinear source coordinate's multiply and subtract
-into one FMA (XLA:CPU does) moves it by up to one float32 ulp (tests/test_kernels.py).
+into one FMA (XLA:CPU does) moves it by up to one float32 ulp (tests/models/test_kernels.py).
 The tables are then applied as resample applies them.
 """
 

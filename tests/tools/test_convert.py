@@ -13,8 +13,8 @@ from psp_jax import build_model, config as base_config
 from psp_jax.convert import ConversionError, convert_state_dict, load_torch_checkpoint
 from psp_jax.training import checkpoint
 
-DATA = os.path.join(os.path.dirname(__file__), 'data')
-ROOT = os.path.dirname(os.path.dirname(__file__))
+DATA = os.path.join(os.path.dirname(__file__), 'semseg_keys')
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(depth=18, stem_widths=(4, 4, 8), base_width=4, channels=8, ppm_channels=8,
             aux_channels=4, num_classes=5)
 TINY_FLAGS = ['--config.model.depth=18', '--config.model.stem_widths=(4,4,8)',

@@ -14,7 +14,7 @@ class SyntheticScenesTest(tfds.testing.DatasetBuilderTestCase):
   SPLITS = {'train': 6, 'validation': 3}
   SKIP_CHECKSUMS = True
   # The scenes are generated, not downloaded: there is no archive to fake.
-  EXAMPLE_DIR = os.path.join(os.path.dirname(__file__), 'data')
+  EXAMPLE_DIR = os.path.join(os.path.dirname(__file__), 'semseg_keys')
 
 
 def test_scenes_are_deterministic():

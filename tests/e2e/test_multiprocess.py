@@ -30,7 +30,7 @@ from psp_jax.models import build_model
 from psp_jax.training import checkpoint, train_loop
 from test_preemption import assert_same_losses, losses
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _free_port() -> int:

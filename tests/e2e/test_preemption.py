@@ -25,7 +25,7 @@ import tiny_config
 from psp_jax import build_model
 from psp_jax.training import checkpoint, optimizer, train_loop, train_step
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 12
 
 

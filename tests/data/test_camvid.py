@@ -23,7 +23,7 @@ from psp_jax.tools import class_weights
 from psp_jax.training import train_loop
 import tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEIGHT, WIDTH = 12, 16  # SegNet's are 360x480; the builder takes any size
 # Frames per folder, named as SegNet's (sequence prefix, frame number).
 FRAMES = {'train': ('0001TP_006690', '0001TP_006720', '0016E5_00390'),

@@ -18,13 +18,6 @@ from psp_jax.models.pspnet import build_model
 from psp_jax.training import checkpoint, optimizer, train_loop, train_step
 
 
-def tiny_config(data_dir, steps):
-  config = tiny.get_config()
-  config.dataset.data_dir = data_dir
-  config.num_train_steps = steps
-  return config
-
-
 def logged_train_steps(workdir):
   """Steps at which train/loss was written to TensorBoard, over all runs in `workdir`."""
   steps = []
@@ -39,18 +32,18 @@ def interrupted_run(tmp_path_factory):
   """Trains 2 of 3 steps, stops, then the same command with 3 steps resumes."""
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   workdir = str(tmp_path_factory.mktemp('workdir'))
-  first = train_loop.train_and_evaluate(tiny_config(data_dir, steps=2), workdir)
+  first = train_loop.train_and_evaluate(tiny.for_run(data_dir, steps=2), workdir)
   after_first = logged_train_steps(workdir)
   # The README passes a relative --workdir; Orbax itself accepts only absolute paths.
   relative = os.path.relpath(workdir)
-  second = train_loop.train_and_evaluate(tiny_config(data_dir, steps=3), relative)
+  second = train_loop.train_and_evaluate(tiny.for_run(data_dir, steps=3), relative)
   return dict(workdir=workdir, data_dir=data_dir, first=first, second=second,
               after_first=after_first)
 
 
 def _restore(workdir, subdir, data_dir, steps):
   """The checkpoint manager of `workdir/subdir` and an abstract state to restore into."""
-  config = tiny_config(data_dir, steps)
+  config = tiny.for_run(data_dir, steps)
   model = build_model(config.model, bn_axis_name='batch')
   tx = optimizer.create_optimizer(config.optimizer, steps)
   state = jax.eval_shape(lambda: train_step.create_train_state(
@@ -96,7 +89,7 @@ def test_eval_metrics_predictions_and_best_checkpoint(interrupted_run):
 
 
 def test_init_from_loads_converted_variables_and_rejects_wrong_shapes(interrupted_run, tmp_path):
-  config = tiny_config(interrupted_run['data_dir'], 3)
+  config = tiny.for_run(interrupted_run['data_dir'], 3)
   model = build_model(config.model)
   state = train_step.create_train_state(
       model, optax.sgd(0.1), jax.random.PRNGKey(1), (1, 32, 32, 3))
@@ -164,7 +157,7 @@ def test_metric_entry_points_reject_labels_outside_the_classes():
 
 
 def test_evaluate_reproduces_the_validation_of_the_best_checkpoint(interrupted_run):
-  config = tiny_config(interrupted_run['data_dir'], 3)
+  config = tiny.for_run(interrupted_run['data_dir'], 3)
   config.test.resize = 'none'
   variables, step = checkpoint.load_trained_variables(interrupted_run['workdir'], 'best')
   metrics, table, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')
@@ -187,7 +180,7 @@ def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_pa
   Image.fromarray(image[:, :120]).save(tmp_path / 'phone.jpg', exif=exif)
   (tmp_path / 'broken.png').write_bytes(b'not an image')
   Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / 'big.png')
-  root = os.path.dirname(os.path.dirname(__file__))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   config = os.path.join(root, 'configs', 'quickstart.py')
   overrides = ['--config.model.stem_widths=(4,4,8)', '--config.model.base_width=4',
                '--config.model.ppm_channels=4', '--config.model.channels=8',
@@ -215,7 +208,7 @@ def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_pa
 
 
 def test_predict_of_an_empty_folder_says_so_in_one_line(tmp_path):
-  root = os.path.dirname(os.path.dirname(__file__))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   (tmp_path / 'empty').mkdir()
   result = subprocess.run([sys.executable, os.path.join(root, 'predict.py'),
                            '--config=configs/quickstart.py', f'--workdir={tmp_path}',
@@ -233,7 +226,7 @@ def test_colorize_draws_the_palette_and_ignore_in_black():
 
 
 def test_bucketed_evaluate_agrees_with_per_image_evaluate(interrupted_run):
-  config = tiny_config(interrupted_run['data_dir'], 3)
+  config = tiny.for_run(interrupted_run['data_dir'], 3)
   config.test.resize = 'none'
   variables, _ = checkpoint.load_trained_variables(interrupted_run['workdir'], 'best')
   per_image, _, _ = evaluate.evaluate(config, build_model(config.model), variables, 'validation')

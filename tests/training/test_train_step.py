@@ -139,7 +139,7 @@ def test_loss_ignores_255_and_upsamples_aux_with_weight():
 
 
 def test_loss_at_logits_resolution_needs_logits_on_the_downsampled_grid():
-  """segm_downsampling_rate=8: labels 37x50 -> 5x7 (tests/test_csail_parity.py has the values)."""
+  """segm_downsampling_rate=8: labels 37x50 -> 5x7 (tests/parity/test_csail_parity.py has the values)."""
   labels = _labels((2, 37, 50))
   logits = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 5))
   loss, _ = losses.segmentation_loss({'logits': logits}, labels, segm_downsampling_rate=8)

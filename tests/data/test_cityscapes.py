@@ -5,6 +5,7 @@ Nothing is mocked: the test writes `leftImg8bit_trainvaltest.zip` and
 from them as a user would, and checks the train ids that come out of `decode`.
 """
 
+import os
 import zipfile
 
 import numpy as np
@@ -12,7 +13,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from psp_jax.base import errors
+from psp_jax.data import catalog
 from psp_jax.data.builders import cityscapes
+from psp_jax.data.dataset import Dataset
+from psp_jax.training import train_loop
+
+import tiny_config
+from test_ade20k import damage_member
 
 # Label id -> train id, transcribed from cityscapesScripts' labels.py; every other id -> 255.
 EXPECTED_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
@@ -106,3 +114,72 @@ def test_decode_maps_label_ids_to_train_ids(builder):
       for label_id, train_id in ((7, 0), (26, 13), (33, 18), (0, 255), (29, 255)):
         assert label[0, BAND * ((label_id - k) % NUM_LABEL_IDS), 0] == train_id, label_id
   assert seen == {k for _, _, k in FRAMES}
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _cityscapes_config(data_dir=None):
+  dataset = tiny_config.for_run(data_dir, steps=2).dataset
+  dataset.update(name=cityscapes.TFDS_NAME, prepare=True)
+  return dataset
+
+
+def test_cityscapes_labels_are_checked_after_mapping_ids_to_train_ids():
+  label_ids = np.full((4, 6, 1), 33, np.uint8)  # bicycle's id: 33 >= 19, train id 18
+  label_ids[0, 0] = 0  # unlabeled -> 255
+  example = {'image_left': tf.zeros((4, 6, 3), tf.uint8), 'segmentation_label': label_ids,
+             'image_id': tf.constant('aachen_000000_000019')}
+  decode = Dataset(_cityscapes_config()).decode
+  _, label = decode(example)
+  assert label.numpy()[0, 0, 0] == 255 and (label.numpy()[1:] == 18).all()
+  example['image_left'] = tf.zeros((4, 5, 3), tf.uint8)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'aachen_000000_000019: label size \[4 6\] differs'):
+    decode(example)
+
+
+def _write_cityscapes_archives(manual_dir, corrupt):
+  """The two official zips: 4 train frames (one per simulated device), 1 val, 1 test frame;
+  the image of frame `corrupt` is cut short."""
+  manual_dir.mkdir(parents=True)
+  with zipfile.ZipFile(manual_dir / catalog.CITYSCAPES.manual[0], 'w') as images, \
+       zipfile.ZipFile(manual_dir / catalog.CITYSCAPES.manual[1], 'w') as labels:
+    for k, split in enumerate(('train',) * 4 + ('val', 'test')):
+      image, label = fake_frame(k)
+      stem = f'aachen_{k:06d}_000019'
+      png = tf.io.encode_png(image).numpy()
+      images.writestr(f'leftImg8bit/{split}/aachen/{stem}_leftImg8bit.png',
+                      png[:len(png) // 2] if k == corrupt else png)
+      labels.writestr(f'gtFine/{split}/aachen/{stem}_gtFine_labelIds.png',
+                      tf.io.encode_png(label).numpy())
+
+
+def test_corrupt_image_fails_preparation_naming_the_file(tmp_path):
+  # TFDS's Cityscapes builder stores the PNGs as they come: train.py decodes every example
+  # once right after preparing, before any training step.
+  config = tiny_config.for_run(str(tmp_path / 'tfds'), steps=2)
+  config.dataset.name = cityscapes.TFDS_NAME
+  config.model.num_classes = 19
+  _write_cityscapes_archives(tmp_path / 'tfds' / 'downloads' / 'manual', corrupt=0)
+  with pytest.raises(errors.InputError, match=(
+      r'cityscapes/semantic_segmentation/1\.0\.0: 1 stored image\(s\) would stop training: '
+      r'train: aachen_000000_000019 \(image_left\)\. Replace the damaged')):
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  # Deleted, so the next run prepares and checks it again instead of training on it.
+  assert not tfds.builder(cityscapes.TFDS_NAME, data_dir=str(tmp_path / 'tfds')).is_prepared()
+  assert not os.listdir(tmp_path / 'workdir' / 'checkpoints')  # no step was trained
+
+
+def test_cityscapes_label_of_another_size_fails_preparation(tmp_path):
+  """TFDS's Cityscapes features declare 1024x2048: a label map of another size is stored
+  unread, and decoding it (as training would) fails."""
+  manual_dir = tmp_path / 'tfds' / 'downloads' / 'manual'
+  _write_cityscapes_archives(manual_dir, corrupt=None)
+  damage_member(manual_dir / catalog.CITYSCAPES.manual[1],
+          'gtFine/val/aachen/aachen_000004_000019_gtFine_labelIds.png',
+          lambda _: tf.io.encode_png(fake_frame(4)[1][:, :-8]).numpy())  # 8 columns short
+  data = Dataset(_cityscapes_config(str(tmp_path / 'tfds')))
+  with pytest.raises(errors.InputError, match=r'1 stored image\(s\) would stop training: '
+                     r'validation: aachen_000004_000019 \(segmentation_label\)\.'):
+    data.prepare()

@@ -21,7 +21,7 @@ import tiny_config
 from psp_jax.models.pspnet import build_model
 from psp_jax.training import train_step
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _tree_bytes(tree) -> int:

@@ -28,7 +28,7 @@ from psp_jax.training import checkpoint, losses
 import mmseg_reference as ref
 from psp_jax.convert import ConversionError, convert_state_dict, load_torch_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RTOL = 1e-4  # max |ours - ref| <= RTOL * max |ref|
 SHARPEN = 30.0
 

@@ -21,7 +21,7 @@ from psp_jax.data.builders import folder, synthetic_scenes
 from psp_jax.models.pspnet import build_model
 from psp_jax.training import checkpoint, train_loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMES = synthetic_scenes.CLASS_NAMES
 PALETTE = [(10 * i, 255 - 10 * i, 7 * i) for i in range(len(NAMES))]
 TINY_MODEL = dict(depth=18, stem_widths=(4, 4, 8), base_width=4, ppm_channels=4, channels=8,

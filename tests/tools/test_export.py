@@ -16,7 +16,7 @@ from psp_jax.models.pspnet import build_model
 from psp_jax.training import checkpoint
 from random_variables import random_variables
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(stem_widths=(4, 4, 8), base_width=4, ppm_channels=4, channels=8, aux_channels=4)
 TINY_FLAGS = [f'--config.model.{k}={v}'.replace(' ', '') for k, v in TINY.items()]
 # (batch, height, width): pyramid inputs of 6x10, 8x8 and 13x17, bins overlapping in the last.

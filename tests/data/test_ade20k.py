@@ -11,8 +11,10 @@ import importlib.util
 import io
 import os
 import pathlib
+import re
 import shutil
 import tempfile
+import time
 from unittest import mock
 import zipfile
 
@@ -21,7 +23,11 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from psp_jax.base import errors
 from psp_jax.data.builders import ade20k
+from psp_jax.training import train_loop
+
+import tiny_config
 
 HEIGHT, WIDTH = 6, 8  # not square, so a transposed mask cannot pass
 NUM_IMAGES = {'training': 3, 'validation': 2}
@@ -111,7 +117,6 @@ class Ade20kDownloadTest(_FakeArchive, tfds.testing.DatasetBuilderTestCase):
     self.addCleanup(patcher.stop)
 
 
-
 def test_labels_are_reduced_and_images_kept_through_a_real_download_manager(tmp_path):
   manual_dir = tmp_path / 'manual'
   manual_dir.mkdir()
@@ -173,3 +178,61 @@ def test_class_names_are_mmseg_ade20k_in_order():
       mmseg_names = ast.literal_eval(node.value)
       break
   assert tuple(name.strip() for name in mmseg_names) == ade20k.CLASS_NAMES
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_ade20k_not_prepared_says_where_its_archive_goes(tmp_path):
+  config = tiny_config.for_run(str(tmp_path / 'tfds'), steps=2)
+  config.dataset.update(name='ade20k', prepare=False)
+  config.model.num_classes = 150
+  with pytest.raises(FileNotFoundError, match=r'(?s)ade20k is not prepared.*'
+                     r'put the unmodified `ADEChallengeData2016\.zip`'):
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+
+
+def test_unreachable_ade20k_download_says_where_to_put_the_archive_at_once(tmp_path,
+                                                                           monkeypatch):
+  # A closed port refuses at once, as a host without network does; TFDS itself would retry
+  # an http download for minutes.
+  monkeypatch.setattr(ade20k, 'URL', 'http://127.0.0.1:1/ADEChallengeData2016.zip')
+  start = time.monotonic()
+  with pytest.raises(errors.InputError, match=(
+      rf'^Put ADEChallengeData2016\.zip, not extracted, in '
+      rf'{re.escape(str(tmp_path / "downloads" / "manual"))} .*127\.0\.0\.1:1 cannot be '
+      'reached')):
+    ade20k.Ade20k(data_dir=tmp_path).download_and_prepare()
+  assert time.monotonic() - start < 15
+
+
+def damage_member(archive, member, damaged):
+  """Rewrites zip `archive` with `member`'s bytes replaced by damaged(bytes)."""
+  with zipfile.ZipFile(archive) as zf:
+    members = {name: zf.read(name) for name in zf.namelist()}
+  assert member in members
+  members[member] = damaged(members[member])
+  with zipfile.ZipFile(archive, 'w') as zf:
+    for name, data in members.items():
+      zf.writestr(name, data)
+
+
+@pytest.mark.parametrize('member, damaged, message', [
+    ('images/validation/ADE_val_00000002.jpg', lambda b: b[:len(b) // 2],
+     r'ADE_val_00000002\.jpg: does not decode as an image \(.*\)\. Replace it'),
+    ('annotations/training/ADE_train_00000003.png', lambda b: b[:len(b) // 2],
+     r'ADE_train_00000003\.png does not decode'),
+    ('images/training/ADE_train_00000001.jpg', lambda b: b'not an image',
+     r'ADE_train_00000001\.jpg: does not decode as an image \(cannot identify'),
+])
+def test_a_damaged_ade20k_file_fails_preparation_naming_it(tmp_path, member, damaged, message):
+  """Preparing decodes every image and annotation once: a damaged file never reaches a
+  training run, where it would stop the stream hours in."""
+  manual_dir = tmp_path / 'manual'
+  manual_dir.mkdir()
+  write_fake_archive(manual_dir / ade20k.ARCHIVE)
+  damage_member(manual_dir / ade20k.ARCHIVE, f'{ade20k.ROOT}/{member}', damaged)
+  builder = ade20k.Ade20k(data_dir=str(tmp_path / 'tfds'))
+  with pytest.raises(errors.InputError, match=message):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(manual_dir)))

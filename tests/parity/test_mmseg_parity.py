@@ -23,7 +23,7 @@ RTOL = 1e-4  # max |ours - ref| <= RTOL * max |ref|
 # Per parameter, float64 end to end. Eval-mode BN agrees to ~1e-15; training-mode BN over
 # these few pixels (the 1x1 bin sees 2 values per channel) leaves up to ~5e-8: the same
 # sums rounded by PyTorch's BatchNorm formula and by autodiff, amplified by the batch
-# statistics' conditioning. tests/test_mmseg_training.py checks training at n >= 4.
+# statistics' conditioning. tests/parity/test_mmseg_training.py checks training at n >= 4.
 GRAD_RTOL = 1e-6
 
 
