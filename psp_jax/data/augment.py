@@ -1,7 +1,7 @@
 """Training augmentation of one example, as mmseg's and semseg's pipelines, in TensorFlow.
 
-Small ops with one job each (rescale, rotate, blur, crop, pad, flip, photometric
-distortion, normalise) and `augment`, which composes them as config.augment says.
+Small ops with one job each and `augment`, which composes them as config.augment says, in
+this order: rescale, rotate, blur, crop, photometric distortion, pad, flip, normalise.
 Randomness is stateless: every op takes its own seed, so an example's augmentation
 depends only on (seed, example index).
 """

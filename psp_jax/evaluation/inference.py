@@ -26,7 +26,7 @@ from psp_jax.models import resample
 
 @dataclasses.dataclass(frozen=True)
 class TestProtocol:
-  """config.test, read once: how an image is resized, run and scored (configs/base.py)."""
+  """config.test, read once: how an image is resized, run and scored (psp_jax/config/__init__.py)."""
   mode: str = 'whole'                        # 'whole' or 'slide'
   crop_size: tuple[int, int] | None = None   # slide windows
   stride: tuple[int, int] | None = None
