@@ -47,10 +47,9 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from psp_jax.data import augment as augment_lib  # noqa: E402
-from psp_jax.data import input_pipeline, resumable_iterator  # noqa: E402
 from psp_jax import config as ade20k_config  # noqa: E402  (its defaults are the ADE20K recipe)
-from psp_jax.data import records  # noqa: E402
+from psp_jax.data import augment as augment_lib  # noqa: E402
+from psp_jax.data import input_pipeline, records, resumable_iterator  # noqa: E402
 from psp_jax.data.builders import ade20k  # noqa: E402
 
 flags.DEFINE_integer('num_images', 200, 'generated training images')
