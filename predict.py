@@ -10,6 +10,12 @@ colour mask and OUT/NAME.EXT_overlay.png the blend with a legend of the classes 
 EXIF orientation is applied first, as photo viewers do. A file that cannot be read, or
 an image of more than --max_pixels pixels, is reported in one line and skipped; the exit
 status is then 1.
+
+With config.test.resize='none' (every image at its own size, as the quickstart), an image
+of more than --max_network_pixels runs through the network in windows of the training
+crop (or config.test's slide windows) whose output-stride logits are averaged
+(inference.Tiles), so memory stays bounded; labels near window borders can differ from a
+whole-image pass, and a warning says which images were tiled.
 """
 
 import os
@@ -35,6 +41,8 @@ flags.DEFINE_string('workdir', None, 'Training workdir (its best checkpoint), in
 flags.DEFINE_string('out', None, 'Output folder.')
 flags.DEFINE_integer('max_pixels', 40_000_000, 'An image with more pixels (width x height) is '
                      'reported in one line and skipped; the rest are predicted.')
+flags.DEFINE_integer('max_network_pixels', 2048 * 2048, "With config.test.resize='none', a "
+                     'network input with more pixels runs in windows (module docstring).')
 flags.mark_flags_as_required(['config', 'out'])
 FLAGS = flags.FLAGS
 _EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -73,6 +81,18 @@ def output_names(paths: list[str]) -> dict[str, str]:
   return names
 
 
+def tiles_for(config, output_stride: int) -> inference.Tiles | None:
+  """Windows for network inputs past --max_network_pixels, where the input grows with the
+  image (resize='none'): config.test's slide windows, or else the training crop."""
+  if config.test.resize != 'none':
+    return None  # the other resizes bound the input by config.test's sizes
+  if config.test.mode == 'slide':
+    return inference.Tiles.for_crop(FLAGS.max_network_pixels, config.test.crop_size,
+                                    config.test.stride, output_stride)
+  return inference.Tiles.for_crop(FLAGS.max_network_pixels, config.augment.crop_size,
+                                  output_stride=output_stride)
+
+
 def main(argv):
   paths = image_paths(argv[1:])
   names = output_names(paths)
@@ -88,6 +108,7 @@ def main(argv):
   class_names, palette = catalog.class_names_and_palette(config.dataset)
   test = inference.TestProtocol.from_config(config.test)
   predictor = inference.predictor_for_test(model, variables, test)
+  tiles = tiles_for(config, model.output_stride)
   os.makedirs(FLAGS.out, exist_ok=True)
   failed = []
   for path in paths:
@@ -101,7 +122,14 @@ def main(argv):
       sys.stderr.write(f'error: {path}: cannot read it as an image ({error})\n')
       failed.append(path)
       continue
-    prediction = inference.predict_labels(predictor, image, test)
+    tiled = [size for size in test.input_sizes(*image.shape[:2])
+             if tiles and tiles.applies(*size)]
+    if tiled:
+      logging.warning('%s: network input %s is more than --max_network_pixels=%d: run in '
+                      'windows of %s at stride %s.', path, 'x'.join(map(str, tiled[0])),
+                      tiles.max_pixels, 'x'.join(map(str, tiles.window)),
+                      'x'.join(map(str, tiles.stride)))
+    prediction = inference.predict_labels(predictor, image, test, tiles=tiles)
     colours = visualize.colorize(prediction, palette)
     legend = visualize.legend(prediction, class_names, palette, image.shape[1])
     prefix = os.path.join(FLAGS.out, names[path])

@@ -271,38 +271,120 @@ def predict(predictor: Predictor, image: np.ndarray, test: TestProtocol) -> np.n
                              for logits in _input_logits(predictor, image, test)]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+  """How predict.py runs a network input of more than `max_pixels`: in windows.
+
+  The windows (`window` pixels at `stride`, the last ones flush with the edge, as
+  `slide_windows`) are multiples of the output stride and start on its grid, so their
+  logits at the output stride add into one grid for the whole input, averaged where they
+  overlap, and upsampled to the image as a whole pass's are. Memory then grows with the
+  image by that grid (num_classes x 4 bytes per output-stride cell), not by the network's
+  activations or logits at full size; pixels near a window's border lose the context past
+  it, so the labels there can differ from a whole-image pass.
+  """
+  max_pixels: int
+  window: tuple[int, int]
+  stride: tuple[int, int]
+
+  @classmethod
+  def for_crop(cls, max_pixels: int, crop_size: Sequence[int],
+               stride: Sequence[int] | None = None, output_stride: int = 8) -> 'Tiles':
+    """Windows of `crop_size` (the scale the model knows) at `stride` (default 2/3 of the
+    window, mmseg's slide stride for its crops), both rounded down to the output stride."""
+    def down(n):
+      return max(output_stride, n // output_stride * output_stride)
+    window = tuple(down(n) for n in crop_size)
+    stride = stride or [2 * n // 3 for n in window]
+    return cls(max_pixels, window, tuple(down(n) for n in stride))
+
+  def applies(self, height: int, width: int) -> bool:
+    return height * width > self.max_pixels
+
+  def grid_logits(self, predictor: Predictor, image: np.ndarray) -> np.ndarray:
+    """[h, w, 3] uint8 -> [ceil(h / s), ceil(w / s), K] logits at the output stride s of
+    the image padded to multiples of s (with the mean colour, as `size_divisor` pads)."""
+    model, s = predictor.model, predictor.model.output_stride
+    if any(n % s for n in self.window + self.stride):
+      raise errors.InputError(f'tile window {self.window} and stride {self.stride} must be '
+                              f'multiples of the output stride, {s}.')
+    height, width = (round_up(n, s) for n in image.shape[:2])
+    windows = slide_windows(height, width, self.window, self.stride)
+    total = count = None
+    for i in range(0, len(windows), predictor.window_batch):
+      batch = windows[i:i + predictor.window_batch]
+      crops = np.zeros((predictor.window_batch, batch[0][1] - batch[0][0],
+                        batch[0][3] - batch[0][2], 3), np.float32)  # padding: the mean colour
+      for crop, (y1, y2, x1, x2) in zip(crops, batch):
+        inside = normalize(image[y1:y2, x1:x2])
+        crop[:inside.shape[0], :inside.shape[1]] = inside
+      predictor.compiled_shapes.add(crops.shape)
+      logits = np.asarray(_logits_at_output_stride(model, predictor.variables,
+                                                   jnp.asarray(crops)))
+      if total is None:
+        total = np.zeros((height // s, width // s, logits.shape[-1]), np.float32)
+        count = np.zeros((height // s, width // s, 1), np.float32)
+      for window_logits, (y1, y2, x1, x2) in zip(logits, batch):
+        total[y1 // s:y2 // s, x1 // s:x2 // s] += window_logits
+        count[y1 // s:y2 // s, x1 // s:x2 // s] += 1
+    return total / count
+
+
 def predict_labels(predictor: Predictor, image: np.ndarray, test: TestProtocol,
-                   max_scores: int = 1 << 24) -> np.ndarray:
+                   max_scores: int = 1 << 24, tiles: Tiles | None = None) -> np.ndarray:
   """`predict(...).argmax(-1)`, [H, W] int32, holding about `max_scores` scores at the
   image's size at a time (blocks of rows): a 8000x8000 photo's 150 class scores alone
-  would be 38 GB."""
+  would be 38 GB. With `tiles`, a pass whose network input has more than
+  `tiles.max_pixels` pixels runs in `Tiles` instead (whole or slide mode)."""
   height, width = image.shape[:2]
-  all_logits = _input_logits(predictor, image, test)
   align_corners = predictor.model.align_corners
-  block = max(1, max_scores // (width * all_logits[0].shape[-1]))
-  matrices = [(resample.bilinear_matrix(x.shape[0], height, align_corners, x.dtype),
-               resample.bilinear_matrix(x.shape[1], width, align_corners, x.dtype))
-              for x in all_logits]
+  passes = []  # (logits [a, b, K], rows [H, a], cols [W, b]): scores = rows @ logits @ cols.T
+  for resized, flipped in _inputs(image, test):
+    h, w = resized.shape[:2]
+    if tiles and predictor.upsample and tiles.applies(h, w):
+      grid = tiles.grid_logits(predictor, resized[:, ::-1] if flipped else resized)
+      s = predictor.model.output_stride
+      rows, cols = (resample.bilinear_matrix(n, n * s, align_corners)[:size]
+                    for n, size in zip(grid.shape[:2], (h, w)))
+      cols = cols[::-1] if flipped else cols  # output column c reads input column w - 1 - c
+      rows, cols = (m if size == n else resample.bilinear_matrix(n, size, align_corners) @ m
+                    for m, n, size in ((rows, h, height), (cols, w, width)))
+      passes.append((jnp.asarray(grid), rows, cols))
+    else:
+      logits = _network_logits(predictor, resized, flipped)
+      passes.append((logits, resample.bilinear_matrix(logits.shape[0], height, align_corners,
+                                                      logits.dtype),
+                     resample.bilinear_matrix(logits.shape[1], width, align_corners,
+                                              logits.dtype)))
+  block = max(1, max_scores // (width * passes[0][0].shape[-1]))
   labels = np.empty((height, width), np.int32)
   for top in range(0, height, block):
     scores = _scores([resample.apply_separable(x[None], rows[top:top + block], cols)[0]
-                      for x, (rows, cols) in zip(all_logits, matrices)])
+                      for x, rows, cols in passes])
     labels[top:top + block] = np.asarray(jnp.argmax(scores, axis=-1))
   return labels
 
 
+def _inputs(image: np.ndarray, test: TestProtocol):
+  """(image resized to the network input, flipped?) of each test input (scale, flip)."""
+  resize = resize_image_pil if test.resize == 'csail' else resize_image
+  for size in test.input_sizes(*image.shape[:2]):
+    resized = resize(image, size)
+    for flipped in ((False, True) if test.flip else (False,)):
+      yield resized, flipped
+
+
+def _network_logits(predictor: Predictor, resized: np.ndarray, flipped: bool) -> jax.Array:
+  """The predictor's logits [h, w, K] of one test input, the flip undone."""
+  x = normalize(resized)
+  logits = predictor(x[:, ::-1] if flipped else x)
+  return jnp.asarray(logits[:, ::-1] if flipped else logits)
+
+
 def _input_logits(predictor: Predictor, image: np.ndarray, test: TestProtocol) -> list:
   """The network's logits [h, w, K] of each test input (scale, flip), flips undone."""
-  height, width = image.shape[:2]
-  resize = resize_image_pil if test.resize == 'csail' else resize_image
-  inputs = [(size, f) for size in test.input_sizes(height, width)
-            for f in ((False, True) if test.flip else (False,))]
-  all_logits = []
-  for size, flipped in inputs:
-    x = normalize(resize(image, size))
-    logits = predictor(x[:, ::-1] if flipped else x)
-    all_logits.append(jnp.asarray(logits[:, ::-1] if flipped else logits))
-  return all_logits
+  return [_network_logits(predictor, resized, flipped)
+          for resized, flipped in _inputs(image, test)]
 
 
 def _scores(all_scores: list):

@@ -188,13 +188,17 @@ def test_predict_writes_masks_and_overlays_of_own_images(interrupted_run, tmp_pa
   result = subprocess.run([sys.executable, os.path.join(root, 'predict.py'),
                            f'--config={config}', *overrides,
                            f'--workdir={interrupted_run["workdir"]}', str(tmp_path),
-                           '--max_pixels=6000', f'--out={tmp_path / "out"}'],
+                           '--max_pixels=6000', '--max_network_pixels=5000',
+                           f'--out={tmp_path / "out"}'],
                           cwd=root, capture_output=True, text=True)
   assert result.returncode == 1, result.stderr
   assert f'error: {tmp_path / "broken.png"}: cannot read it as an image' in result.stderr
   assert (f'error: {tmp_path / "big.png"}: 100x100 pixels, more than --max_pixels=6000; '
           'downscale it') in result.stderr
   assert 'Traceback' not in result.stderr
+  # Past --max_network_pixels, in windows of the quickstart's 48x256 crop: 4 for the photo.
+  assert (f'{tmp_path / "phone.jpg"}: network input 120x48 is more than '
+          '--max_network_pixels=5000: run in windows of 48x256 at stride 32x168.') in result.stderr
   assert sorted(os.listdir(tmp_path / 'out')) == [
       f'{name}_{kind}.png' for name in ('phone.jpg', 'street.jpg', 'street.png')
       for kind in ('mask', 'overlay')]

@@ -1,6 +1,7 @@
 """Whole/slide inference, multi-scale and flip: window geometry, symmetry, and mmseg parity."""
 
-import jax
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -99,6 +100,47 @@ def test_labels_by_blocks_of_rows_are_the_argmax_of_the_scores(converted, protoc
                                     max_scores=7 * 131 * NUM_CLASSES)  # 14 blocks, the last short
   assert labels.shape == (97, 131)
   np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize('protocol', [
+    TestProtocol(resize='none'), TestProtocol(resize='none', scales=(0.75, 1.25), flip=True)],
+    ids=['one', 'tta'])
+def test_tiles_of_one_window_are_the_whole_pass_padded_to_the_output_stride(converted,
+                                                                               protocol):
+  """Past max_pixels a pass runs in tiles; one tile as large as the input is the whole
+  pass padded to the output stride, so the grid, its upsampling (scale composed, flip
+  undone) and the blocks of rows are the whole path's. No pass of more than max_pixels
+  (76x104 at scale 1.25), none tiled."""
+  _, model, variables = converted
+  image = np.random.RandomState(6).randint(0, 256, (61, 83, 3)).astype(np.uint8)
+  padded = inference.Predictor(model, variables, size_divisor=model.output_stride)
+  expected = inference.predict_labels(padded, image, protocol)
+  tiles = inference.Tiles(max_pixels=0, window=(112, 112), stride=(80, 80))
+  labels = inference.predict_labels(inference.Predictor(model, variables), image, protocol,
+                                    max_scores=9 * 83 * NUM_CLASSES, tiles=tiles)
+  np.testing.assert_array_equal(labels, expected)
+  assert inference.predict_labels(padded, image, protocol, tiles=dataclasses.replace(
+      tiles, window=(16, 16), stride=(16, 16), max_pixels=76 * 104)).tolist() == expected.tolist()
+
+
+def test_tiles_average_overlapping_windows_on_the_output_stride_grid(converted):
+  """Windows of 32x40 at 16x24 over a 61x83 image padded to 64x88: starts 0, 16, 32 by
+  0, 24, 48 (the last flush with the edge); each cell is the mean of its windows' logits."""
+  _, model, variables = converted
+  image = np.random.RandomState(7).randint(0, 256, (61, 83, 3)).astype(np.uint8)
+  tiles = inference.Tiles.for_crop(0, (36, 45), (16, 24))
+  assert (tiles.window, tiles.stride) == ((32, 40), (16, 24))
+  grid = tiles.grid_logits(inference.Predictor(model, variables, window_batch=4), image)
+  padded = np.zeros((64, 88, 3), np.float32)
+  padded[:61, :83] = inference.normalize(image)
+  total, count = np.zeros((8, 11, NUM_CLASSES)), np.zeros((8, 11, 1))
+  for y in (0, 16, 32):
+    for x in (0, 24, 48):
+      window = padded[None, y:y + 32, x:x + 40]
+      total[y // 8:y // 8 + 4, x // 8:x // 8 + 5] += model.apply(variables, window)['logits'][0]
+      count[y // 8:y // 8 + 4, x // 8:x // 8 + 5] += 1
+  assert count.min() == 1 and count.max() == 4
+  np.testing.assert_allclose(grid, total / count, rtol=1e-5, atol=1e-5)
 
 
 def _mmseg_predictions(reference, images, mode, size_divisor=None):
