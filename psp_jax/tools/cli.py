@@ -4,7 +4,8 @@
 not exist, or an override of a key the config schema lacks (named with the closest key),
 stops before anything loads. Errors: our own checks' (errors.InputError), missing files,
 a diverged run and a usage error print `error: <message>` on one line and exit with
-status 2; any other exception is a bug and keeps its traceback.
+status 2; Ctrl-C that the train loop does not catch (module training.preemption) is one
+line and status 130, as a shell gives; any other exception is a bug and keeps its traceback.
 
 `define_multiprocess_flags` / `start_multiprocess`: one process per host (TPU pod slices,
 multi-node GPUs), for train.py and evaluate.py.
@@ -64,6 +65,10 @@ def run(main: Callable[[list[str]], None]) -> None:
       main(argv)
     except REFUSED as error:
       fail(error)
+    except KeyboardInterrupt:  # a Ctrl-C before training starts, or a second one during it
+      sys.stderr.write('Stopped by Ctrl-C: nothing saved since the last checkpoint (rerun the '
+                       'same command to resume from it).\n')
+      sys.exit(130)
 
   app.run(guarded, flags_parser=parse_flags)
 

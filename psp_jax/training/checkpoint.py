@@ -8,6 +8,7 @@ workdir holds `checkpoints/` (the last k states) and `best/` (the best by valida
 import hashlib
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -151,6 +152,7 @@ def check_saved(manager: ocp.CheckpointManager, step: int, host_state: Any,
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore(host_state))
   except Exception as error:  # pylint: disable=broad-except  # any unreadable file
+    _ignore_reads_after_a_failed_restore()
     return f'cannot be read back ({_short(error)})'
   return _check_digest(restored, digests, step)
 
@@ -179,6 +181,24 @@ def prune_digests(digests: str, keep: list[int]) -> None:
     for name in os.listdir(digests):
       if name.endswith('.json') and name[:-5].isdigit() and int(name[:-5]) not in keep:
         os.remove(os.path.join(digests, name))
+
+
+def _ignore_reads_after_a_failed_restore() -> None:
+  """Stops the noise of one failed restore: when one array's read fails, Orbax closes its
+  event loop while TensorStore still completes the other reads, and each completion's
+  callback raises RuntimeError('Event loop is closed') as an unraisable exception (hundreds
+  of tracebacks after the one warning line). Only that error is dropped; installed once."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'ignores_closed_loops', False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.ignores_closed_loops = True
+  sys.unraisablehook = hook
 
 
 def _short(error: BaseException) -> str:
@@ -223,6 +243,7 @@ def restore_verified(manager: ocp.CheckpointManager, state, digests: str, aside:
         restored = restore_state(manager, state, step)
         problem = _check_digest(restored, digests, step)
     except Exception as error:  # pylint: disable=broad-except  # any unreadable file
+      _ignore_reads_after_a_failed_restore()
       problem = f'cannot be read ({_short(error)})'
     if problem is None:
       break

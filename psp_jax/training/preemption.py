@@ -2,10 +2,11 @@
 train loop polls.
 
 The loop finishes the step it is in, saves a checkpoint and returns. The first Ctrl-C
-(SIGINT) does what SIGTERM does; a second one stops at once (KeyboardInterrupt), losing
-the steps since the last checkpoint. With several processes, all of them must save at the
-same step: JAX's preemption sync point (set up by `jax.distributed.initialize`, which also
-catches the SIGTERM) agrees on one; Ctrl-C there stops the process that gets it at once.
+(SIGINT) does what SIGTERM does; a second one stops at once (KeyboardInterrupt, which
+tools.cli turns into one line and exit status 130), losing the steps since the last
+checkpoint. With several processes, all of them must save at the same step: JAX's
+preemption sync point (set up by `jax.distributed.initialize`, which also catches the
+SIGTERM) agrees on one; Ctrl-C there stops the process that gets it at once.
 """
 
 import signal

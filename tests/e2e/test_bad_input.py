@@ -189,6 +189,19 @@ def test_batch_size_not_divisible_by_the_devices_fails_before_any_work(tmp_path)
   assert not (tmp_path / 'workdir').exists() and not (tmp_path / 'tfds').exists()
 
 
+def test_a_ctrl_c_the_train_loop_does_not_catch_is_one_line_and_status_130():
+  """Before training starts, or the second one during it (the first saves: test_preemption)."""
+  code = ('from psp_jax.tools import cli\n'
+          'def main(argv):\n  raise KeyboardInterrupt\n'
+          'cli.run(main)\n')
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 130, result.stderr
+  assert result.stderr.strip().splitlines() == [
+      'Stopped by Ctrl-C: nothing saved since the last checkpoint (rerun the same command to '
+      'resume from it).']
+
+
 # ---------------------------------------------------------------- reading tools do not write
 
 
