@@ -84,15 +84,16 @@ def train_args(workdir, data_dir, steps, *overrides):
           *overrides]
 
 
-def run_two_processes(workdir, data_dir, steps):
-  return finish(start_two_processes(
-      'train.py', *train_args(workdir, data_dir, steps, '--config.eval_every_steps=4')))
+STEPS = 8
+# A checkpoint every 2 steps, one validation at the end, no preview: the killed runs below
+# resume from these checkpoints and must log this run's losses.
+OVERRIDES = ('--config.eval_every_steps=8', '--config.checkpoint_every_steps=2',
+             '--config.num_preview_images=0')
 
 
 def _config(data_dir, steps):
-  config = tiny_config.get_config()
-  config.dataset.data_dir = data_dir
-  config.update(num_train_steps=steps, eval_every_steps=4)
+  config = tiny_config.for_run(data_dir, steps)
+  config.update(eval_every_steps=8, checkpoint_every_steps=2, num_preview_images=0)
   return config
 
 
@@ -104,37 +105,28 @@ def _params(workdir, step):
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
+  """STEPS steps on one process with 4 devices, and uninterrupted on 2 processes x 2."""
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   single = str(tmp_path_factory.mktemp('single'))
   multi = str(tmp_path_factory.mktemp('multi'))
-  single_metrics = train_loop.train_and_evaluate(_config(data_dir, 4), single)
-  logs = run_two_processes(multi, data_dir, 4)
+  single_metrics = train_loop.train_and_evaluate(_config(data_dir, STEPS), single)
+  logs = finish(start_two_processes('train.py', *train_args(multi, data_dir, STEPS, *OVERRIDES)))
   return dict(data_dir=data_dir, single=single, multi=multi, single_metrics=single_metrics,
-              logs=logs)
+              logs=logs, losses=losses(multi))
 
 
 def test_two_processes_train_as_one_process_with_as_many_devices(runs):
   assert 'JAX process 1/2' in runs['logs'][1]
-  multi, single = losses(runs['multi']), losses(runs['single'])
-  assert sorted(multi) == sorted(single) == [1, 2, 3, 4]
+  multi, single = runs['losses'], losses(runs['single'])
+  assert sorted(multi) == sorted(single) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([multi[s] for s in sorted(multi)],
                              [single[s] for s in sorted(single)], rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(_params(runs['multi'], 4)),
-                  jax.tree_util.tree_leaves(_params(runs['single'], 4))):
+  for a, b in zip(jax.tree_util.tree_leaves(_params(runs['multi'], STEPS)),
+                  jax.tree_util.tree_leaves(_params(runs['single'], STEPS))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   mIoU = [float(line.split('validation mIoU ')[1].split()[0])
           for line in runs['logs'][0].splitlines() if 'validation mIoU' in line]
   assert mIoU == pytest.approx([runs['single_metrics']['mIoU']], abs=0.01)
-
-
-def test_both_processes_resume_from_the_shared_checkpoint(runs):
-  logs = run_two_processes(runs['multi'], runs['data_dir'], 6)
-  for log in logs:
-    assert 'at step 4' in log
-  train_loop.train_and_evaluate(_config(runs['data_dir'], 6), runs['single'])
-  for a, b in zip(jax.tree_util.tree_leaves(_params(runs['multi'], 6)),
-                  jax.tree_util.tree_leaves(_params(runs['single'], 6))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 # config.test of each mode: slide windows (with a short last row and column), and three
@@ -159,7 +151,7 @@ def test_two_processes_evaluate_their_shares_to_the_single_process_confusion_mat
   with open(output) as f:
     multi = np.asarray(json.load(f)['confusion_matrix'])
 
-  config = _config(runs['data_dir'], 4)
+  config = _config(runs['data_dir'], STEPS)
   config.test.update(EVAL_MODES[mode])
   model = build_model(config.model)
   variables, _ = checkpoint.load_trained_variables(runs['multi'], 'latest')
@@ -171,38 +163,22 @@ def test_two_processes_evaluate_their_shares_to_the_single_process_confusion_mat
                      'examples', text), text[-2000:]
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(runs, tmp_path_factory):
-  """Losses of an uninterrupted 2-process run of KILL_STEPS steps, a checkpoint every 2."""
-  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  finish(start_two_processes('train.py', *train_args(workdir, runs['data_dir'], KILL_STEPS,
-                                                     *KILL_OVERRIDES)))
-  values = losses(workdir)
-  assert sorted(values) == list(range(1, KILL_STEPS + 1))
-  return values
-
-
-KILL_STEPS = 8
-KILL_OVERRIDES = ('--config.eval_every_steps=0', '--config.checkpoint_every_steps=2',
-                  '--config.num_preview_images=0')
-
-
 @pytest.mark.parametrize('victim', [1, 0])
-def test_a_killed_process_stops_the_other_and_both_resume_bit_exactly(runs, uninterrupted,
-                                                                       victim, tmp_path):
+def test_a_killed_process_stops_the_other_and_both_resume_bit_exactly(runs, victim, tmp_path):
   """kill -9 of one process at a random moment (a seeded draw) of a 2-process run: the
   other exits within 2 minutes naming it, instead of waiting at its next collective, and
-  rerunning both gives the uninterrupted run's loss at every step. The rerun is the same
-  whichever process died (both resume from the last complete checkpoint), so it runs once,
-  after process 1's death; a 20 s heartbeat timeout (default 60) finds that one sooner."""
+  rerunning both resumes both from the shared checkpoint with the uninterrupted run's loss
+  at every step. The rerun is the same whichever process died (both resume from the last
+  complete checkpoint), so it runs once, after process 1's death; a 20 s heartbeat timeout
+  (default 60) finds that one sooner."""
   workdir = str(tmp_path)
-  args = train_args(workdir, runs['data_dir'], KILL_STEPS, *KILL_OVERRIDES)
+  args = train_args(workdir, runs['data_dir'], STEPS, *OVERRIDES)
   processes = start_two_processes('train.py', *args, '--heartbeat_timeout_seconds=20')
-  moment = random.Random(victim).uniform(0.0, 1.0)  # after this fraction of the steps
-  target = max(1, round(moment * (KILL_STEPS - 1)))
+  # After step 3 to 7, a random moment: a checkpoint (every 2 steps) is always there.
+  target = 3 + round(random.Random(victim).uniform(0.0, 1.0) * (STEPS - 4))
   deadline = time.time() + 600
   while time.time() < deadline and processes[0].poll() is None:  # process 0 logs every step
-    if any(int(n) >= target for n in re.findall(rf'step (\d+)/{KILL_STEPS}', log(processes[0]))):
+    if any(int(n) >= target for n in re.findall(rf'step (\d+)/{STEPS}', log(processes[0]))):
       break
     time.sleep(0.05)
   processes[victim].kill()
@@ -220,5 +196,8 @@ def test_a_killed_process_stops_the_other_and_both_resume_bit_exactly(runs, unin
   assert re.search(named, log(survivor)), log(survivor)[-3000:]
   if victim == 0:
     return
-  finish(start_two_processes('train.py', *args))
-  assert_same_losses(workdir, uninterrupted, KILL_STEPS)  # steps logged twice included
+  saved = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).latest_step()
+  assert saved and saved < STEPS
+  for text in finish(start_two_processes('train.py', *args)):
+    assert f'at step {saved}' in text, text[-2000:]
+  assert_same_losses(workdir, runs['losses'], STEPS)  # steps logged twice included
