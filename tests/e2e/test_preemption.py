@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 import tiny_config
+from checkpoint_damage import damage
 from psp_jax import build_model
 from psp_jax.training import checkpoint, optimizer, train_loop, train_step
 
@@ -175,29 +176,6 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, 
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(restored['params']))
 
 
-def _files(directory):
-  return [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
-
-
-def _damage(step_dir, how):
-  """Damages checkpoint `step_dir` as a disk or a person might."""
-  if how == 'delete_metadata':
-    (path,) = [p for p in _files(step_dir) if os.path.basename(p) == '_METADATA']
-    os.remove(path)
-    return
-  largest = max(_files(step_dir), key=os.path.getsize)  # an array data file
-  if how == 'flip_bytes':
-    with open(largest, 'r+b') as f:
-      f.seek(os.path.getsize(largest) // 2)
-      data = bytearray(f.read(3))
-      f.seek(os.path.getsize(largest) // 2)
-      f.write(bytes(b ^ 0xFF for b in data))
-  elif how == 'truncate':
-    os.truncate(largest, os.path.getsize(largest) // 2)
-  else:
-    os.remove(largest)
-
-
 def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_resumed_bit_exactly(
     reference_run, data_dir, tmp_path):
   """Bytes flipped in an array file: train.py resumes from the checkpoint before it, and
@@ -208,7 +186,7 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_resumed_bit_exa
   shutil.copytree(source, workdir)
   checkpoints = os.path.join(workdir, 'checkpoints')
   assert sorted(map(int, os.listdir(checkpoints))) == [5, 10, STEPS]
-  _damage(os.path.join(checkpoints, str(STEPS)), how)
+  damage(os.path.join(checkpoints, str(STEPS)), how)
   stderr = run(workdir, data_dir, '--config.checkpoint_every_steps=5')
   warnings = [line for line in stderr.splitlines() if 'trying the one before it' in line]
   assert len(warnings) == 1 and f'checkpoints/{STEPS} ' in warnings[0], stderr[-3000:]
@@ -219,7 +197,8 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_one_before_resumed_bit_exa
   assert aside.startswith(f'{STEPS}-')
 
 
-@pytest.mark.parametrize('how', ['truncate', 'delete_array_file', 'delete_metadata'])
+@pytest.mark.parametrize('how', ['truncate', 'delete_array_file', 'delete_metadata',
+                                 'empty_manifest'])
 def test_other_damage_to_the_latest_checkpoint_is_named_and_the_one_before_restored(
     reference_run, tmp_path, caplog, monkeypatch, how):
   """The resume above, in-process, for the other ways a checkpoint breaks: the same
@@ -230,7 +209,7 @@ def test_other_damage_to_the_latest_checkpoint_is_named_and_the_one_before_resto
   source, _ = reference_run
   workdir = str(tmp_path / 'workdir')
   shutil.copytree(source, workdir)
-  _damage(os.path.join(workdir, 'checkpoints', str(STEPS)), how)
+  damage(os.path.join(workdir, 'checkpoints', str(STEPS)), how)
   config = tiny_config.get_config()
   state = jax.eval_shape(lambda: train_step.create_train_state(
       build_model(config.model), optimizer.create_optimizer(config.optimizer, STEPS),
@@ -263,7 +242,7 @@ def test_a_save_that_reads_back_wrong_is_set_aside_and_the_good_one_before_kept(
       kept_before_step_3.extend(manager.all_steps())
     host_state = save_state(manager, step, state, metrics, digests)
     if step == 2 and str(manager.directory).endswith('checkpoints'):
-      _damage(os.path.join(str(manager.directory), '2'), 'flip_bytes')
+      damage(os.path.join(str(manager.directory), '2'), 'flip_bytes')
     return host_state
 
   monkeypatch.setattr(checkpoint, 'save_state', damaged_on_disk_at_step_2)
