@@ -26,6 +26,7 @@ from psp_jax.base import errors
 LOCK_FILE = 'LOCK'
 REFRESH_SECONDS = 60
 STALE_SECONDS = 600
+UNREADABLE_WAIT_SECONDS = 1
 
 
 def _now() -> str:
@@ -72,20 +73,28 @@ class WorkdirLock:
     self._thread = None
 
   def _write(self, exclusive: bool) -> bool:
+    """Writes the record to LOCK, whole: another run never reads it half-written. With
+    `exclusive`, only if there is no LOCK (False if there is)."""
     self._record['refreshed_unix'] = time.time()
-    data = json.dumps(self._record).encode()
-    if exclusive:
+    temporary = f'{self.path}.{os.getpid()}'
+    with open(temporary, 'wb') as f:
+      f.write(json.dumps(self._record).encode())
+    if not exclusive:
+      os.replace(temporary, self.path)
+      return True
+    try:
+      os.link(temporary, self.path)  # fails if LOCK exists, like O_EXCL, but never empty
+    except FileExistsError:
+      return False
+    except OSError:  # a filesystem without hard links: O_EXCL, then the bytes
       try:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
       except FileExistsError:
         return False
-      with os.fdopen(fd, 'wb') as f:
-        f.write(data)
-      return True
-    temporary = f'{self.path}.{os.getpid()}'
-    with open(temporary, 'wb') as f:
-      f.write(data)
-    os.replace(temporary, self.path)
+      with os.fdopen(fd, 'wb') as f, open(temporary, 'rb') as record:
+        f.write(record.read())
+    finally:
+      os.remove(temporary)
     return True
 
   def _ours(self) -> bool:
@@ -97,6 +106,9 @@ class WorkdirLock:
     """Takes the lock, or raises errors.InputError naming the run that holds it."""
     if not self._write(exclusive=True):
       holder = _read(self.path)
+      if holder is None:  # written this moment, without hard links: read it once more
+        time.sleep(UNREADABLE_WAIT_SECONDS)
+        holder = _read(self.path)
       reason = stale_reason(holder)
       if reason is None:
         raise errors.InputError(

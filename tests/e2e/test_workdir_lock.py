@@ -48,6 +48,35 @@ def test_a_second_lock_is_refused_naming_the_holder_until_released(tmp_path):
   assert not (tmp_path / 'LOCK').exists()
 
 
+_RACE = """
+import sys, time
+from psp_jax.base import errors
+from psp_jax.training import workdir_lock
+workdir, start = sys.argv[1], float(sys.argv[2])
+lock = workdir_lock.WorkdirLock(workdir)
+time.sleep(max(0.0, start - time.time() - 0.05))
+while time.time() < start:
+  pass
+try:
+  lock.acquire()
+  print('took it', flush=True)
+  time.sleep(5)  # held while the others try
+except errors.InputError:
+  print('refused', flush=True)
+"""
+
+
+def test_of_runs_started_at_the_same_moment_exactly_one_takes_the_lock(tmp_path):
+  """Each process spins until the same instant, then takes the lock: a lock file seen
+  before its holder wrote it must not pass for a stale one."""
+  start = time.time() + 10  # after every process has imported psp_jax
+  processes = [subprocess.Popen([sys.executable, '-c', _RACE, str(tmp_path), str(start)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(6)]
+  outcomes = [p.communicate(timeout=120)[0].strip() for p in processes]
+  assert sorted(outcomes) == ['refused'] * 5 + ['took it'], outcomes
+
+
 @pytest.mark.parametrize('stale', ['process_gone', 'not_refreshed'])
 def test_a_stale_lock_is_taken_over(tmp_path, stale):
   if stale == 'process_gone':
