@@ -118,14 +118,33 @@ class WorkdirLock:
       logging.warning('Taking over the stale lock %s (%s; it was held by process %s on %s, '
                       'started %s).', self.path, reason, (holder or {}).get('pid'),
                       (holder or {}).get('host'), (holder or {}).get('started'))
-      os.remove(self.path)
-      if not self._write(exclusive=True):
+      if not self._set_aside(holder) or not self._write(exclusive=True):
         holder = _read(self.path) or {}
         raise errors.InputError(
             f'{os.path.dirname(self.path)} was just taken by another training run: process '
             f'{holder.get("pid")} on {holder.get("host")} ({self.path}).')
     self._thread = threading.Thread(target=self._refresh, daemon=True, name='workdir-lock')
     self._thread.start()
+
+  def _set_aside(self, stale: dict | None) -> bool:
+    """Removes the stale LOCK of `stale`; False if another run has taken it over meanwhile.
+    The rename is atomic: of two runs taking over at once, one moves the stale lock, and
+    the other either finds none or moves the first's new one, which it puts back."""
+    aside = f'{self.path}.stale.{os.getpid()}'
+    try:
+      os.rename(self.path, aside)
+    except FileNotFoundError:
+      return True  # removed by a run that then exited, or being replaced: _write decides
+    moved = _read(aside)
+    if moved != stale:
+      try:
+        os.link(aside, self.path)
+      except FileExistsError:
+        pass
+      os.remove(aside)
+      return False
+    os.remove(aside)
+    return True
 
   def _refresh(self) -> None:
     while not self._stop.wait(REFRESH_SECONDS):

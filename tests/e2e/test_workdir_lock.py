@@ -66,9 +66,13 @@ except errors.InputError:
 """
 
 
-def test_of_runs_started_at_the_same_moment_exactly_one_takes_the_lock(tmp_path):
+@pytest.mark.parametrize('before', ['no_lock', 'stale_lock'])
+def test_of_runs_started_at_the_same_moment_exactly_one_takes_the_lock(tmp_path, before):
   """Each process spins until the same instant, then takes the lock: a lock file seen
-  before its holder wrote it must not pass for a stale one."""
+  before its holder wrote it must not pass for a stale one, and of the runs that find a
+  stale lock, one takes it over."""
+  if before == 'stale_lock':
+    _write_lock(tmp_path, pid=_dead_pid())
   start = time.time() + 10  # after every process has imported psp_jax
   processes = [subprocess.Popen([sys.executable, '-c', _RACE, str(tmp_path), str(start)],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
