@@ -94,6 +94,8 @@ def tiles_for(config, output_stride: int) -> inference.Tiles | None:
 
 
 def main(argv):
+  if os.path.exists(FLAGS.out) and not os.path.isdir(FLAGS.out):
+    raise errors.InputError(f'--out={FLAGS.out} is a file: give a folder (made if missing).')
   paths = image_paths(argv[1:])
   names = output_names(paths)
   if bool(FLAGS.workdir) == bool(FLAGS.checkpoint):

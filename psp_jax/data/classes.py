@@ -122,6 +122,9 @@ def read_folder(root: str | None, names=None, palette=None
       raise errors.InputError("config.dataset.name='folder' needs "
                               '--config.dataset.root=DIR, the folder that holds images/ and '
                               'annotations/.')
+    if not os.path.isdir(root):
+      raise errors.InputError(f'config.dataset.root={root}: no such folder (it should hold '
+                              f'images/, annotations/ and {CLASSES_FILE}).')
     if not os.path.isfile(path):
       raise errors.InputError(
           f'{root} has no {CLASSES_FILE} and config.dataset.classes is not set: give '

@@ -299,6 +299,7 @@ def check_resumable(manager: ocp.CheckpointManager, model) -> None:
       saved = manager.item_metadata(step)
       saved = {key: saved[key] for key in ('params', 'batch_stats')}
     except Exception:  # pylint: disable=broad-except  # unreadable: restore_verified names it
+      _ignore_reads_after_a_failed_restore()
       continue
     check_fits(saved, variable_shapes(model),
                f'The checkpoint to resume, {manager.directory} (step {step}),',
@@ -322,5 +323,9 @@ def load_trained_variables(workdir: str, which: str = 'best') -> tuple[Any, int]
   step = manager.best_step() if which == 'best' else manager.latest_step()
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {directory}: train first, or pass --checkpoint.')
-  restored = manager.restore(step, args=ocp.args.StandardRestore())
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore())
+  except Exception:
+    _ignore_reads_after_a_failed_restore()
+    raise
   return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, step

@@ -225,6 +225,10 @@ def test_train_without_a_root_or_with_the_wrong_class_count_says_what_to_set(tmp
   config = folder_config.get_config()
   with pytest.raises(errors.InputError, match=r'needs --config\.dataset\.root=DIR'):
     train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  config.dataset.root = str(tmp_path / 'mistyped')
+  with pytest.raises(errors.InputError, match=r'config\.dataset\.root=.*/mistyped: no such '
+                                              r'folder'):
+    train_loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   config.dataset.root = str(write_folder(tmp_path / 'data'))
   with pytest.raises(errors.InputError, match=r'config\.model\.num_classes=0, but folder has 10 '
                      r'classes .* Set --config\.model\.num_classes=10'):

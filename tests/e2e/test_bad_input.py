@@ -250,6 +250,16 @@ def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path):
     images.read_rgb(str(path), 40_000_000)
 
 
+def test_predict_with_out_a_file_is_one_line_before_any_work(tmp_path):
+  out = tmp_path / 'masks'
+  out.write_text('')
+  status, stderr = _run_script('predict.py', '--config=tests/tiny_config.py',
+                               f'--checkpoint={tmp_path / "none"}', f'--out={out}',
+                               str(tmp_path / 'photo.png'))
+  assert status == 2 and stderr.strip().splitlines()[-1] == (
+      f'error: --out={out} is a file: give a folder (made if missing).'), stderr[-2000:]
+
+
 def test_a_full_disk_at_a_save_is_one_error_naming_the_last_intact_checkpoint(tmp_path,
                                                                             monkeypatch):
   """The disk fills while step 2 is saved (Orbax's temporary folder half written)."""
