@@ -19,10 +19,16 @@ def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
   return table[np.where((label >= 0) & (label < len(palette)), label, IGNORE_LABEL)]
 
 
-def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-  """Blends the colour map over the image (alpha = weight of the colours)."""
-  blended = (1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
-  return np.round(blended).astype(np.uint8)
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5,
+            rows: int = 256) -> np.ndarray:
+  """Blends the colour map over the image (alpha = weight of the colours), `rows` at a
+  time: float32 copies of a whole 8000x8000 photo would be 768 MB each."""
+  blended = np.empty(image.shape, np.uint8)
+  for top in range(0, image.shape[0], rows):
+    part = ((1 - alpha) * image[top:top + rows].astype(np.float32)
+            + alpha * colours[top:top + rows].astype(np.float32))
+    blended[top:top + rows] = np.round(part).astype(np.uint8)
+  return blended
 
 
 def legend(label: np.ndarray, class_names: Sequence[str], palette: Sequence[Sequence[int]],
