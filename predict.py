@@ -38,6 +38,7 @@ config_flags.DEFINE_config_file('config', None, 'Config file (model, dataset, te
                                 lock_config=True)
 flags.DEFINE_string('checkpoint', None, 'Variables written by psp_jax.convert.')
 flags.DEFINE_string('workdir', None, 'Training workdir (its best checkpoint), instead.')
+flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Which checkpoint of --workdir.')
 flags.DEFINE_string('out', None, 'Output folder.')
 flags.DEFINE_integer('max_pixels', 40_000_000, 'An image with more pixels (width x height) is '
                      'reported in one line and skipped; the rest are predicted.')
@@ -104,7 +105,7 @@ def main(argv):
   config = FLAGS.config
   model = build_model(config.model)
   variables = (checkpoint.load_variables(FLAGS.checkpoint) if FLAGS.checkpoint
-               else checkpoint.load_trained_variables(FLAGS.workdir)[0])
+               else checkpoint.load_trained_variables(FLAGS.workdir, FLAGS.which)[0])
   checkpoint.check_fits(variables, checkpoint.variable_shapes(model),
                         FLAGS.checkpoint or FLAGS.workdir)
   class_names, palette = catalog.class_names_and_palette(config.dataset)

@@ -315,14 +315,18 @@ def load_trained_variables(workdir: str, which: str = 'best') -> tuple[Any, int]
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'--workdir={workdir}: no such folder.')
   directory = os.path.join(workdir, 'best' if which == 'best' else 'checkpoints')
+  missing = f'No checkpoint in {directory}: train first, or pass --checkpoint.'
+  if which == 'best' and os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    missing = (f'No checkpoint in {directory} (it is saved at evaluations, '
+               'config.eval_every_steps): --which=latest takes the latest training checkpoint.')
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoint in {directory}: train first, or pass --checkpoint.')
+    raise FileNotFoundError(missing)
   # Reading never writes: no folder made, no checkpoint pruned or renamed.
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
   step = manager.best_step() if which == 'best' else manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f'No checkpoint in {directory}: train first, or pass --checkpoint.')
+    raise FileNotFoundError(missing)
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore())
   except Exception:

@@ -216,6 +216,11 @@ def test_reading_a_checkpoint_never_creates_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match='No checkpoint in'):
       checkpoint.load_trained_variables(str(empty), which)
   assert not list(empty.iterdir())
+  (empty / 'checkpoints').mkdir()  # trained without evaluations: no best/
+  with pytest.raises(FileNotFoundError, match=r'best \(it is saved at evaluations, config\.'
+                                              r'eval_every_steps\): --which=latest takes'):
+    checkpoint.load_trained_variables(str(empty))
+  assert os.listdir(empty) == ['checkpoints']
 
 
 def test_checkpoint_flag_given_a_training_workdir_says_to_use_workdir(tmp_path):
