@@ -21,15 +21,20 @@ flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
 
-def _not_orbax_info(record: std_logging.LogRecord) -> bool:
-  """Orbax logs several INFO lines per file it writes; keep its warnings only."""
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+def _orbax_warnings_in_one_line(record: std_logging.LogRecord) -> bool:
+  """Orbax logs several INFO lines per file it writes: keep its warnings and errors only,
+  each on one line (a failed write logs its traceback from a background thread; the loop
+  then says what failed and what to do, e.g. a full disk)."""
+  if '/orbax/' not in record.pathname:
+    return True
+  record.exc_info = record.exc_text = None
+  return record.levelno >= std_logging.WARNING
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_not_orbax_info)
+  logging.get_absl_handler().addFilter(_orbax_warnings_in_one_line)
   input_pipeline.hide_accelerators_from_tf()
   cli.start_multiprocess()
   train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)

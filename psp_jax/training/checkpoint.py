@@ -149,10 +149,10 @@ def save_state(manager: ocp.CheckpointManager, step: int, state, metrics=None,
 def check_saved(manager: ocp.CheckpointManager, step: int, host_state: Any,
                 digests: str) -> str | None:
   """Why checkpoint `step`, read back from disk, is not `host_state` (`save_state`'s), or None."""
+  ignore_io_after_a_failure()
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore(host_state))
   except Exception as error:  # pylint: disable=broad-except  # any unreadable file
-    _ignore_reads_after_a_failed_restore()
     return f'cannot be read back ({_short(error)})'
   return _check_digest(restored, digests, step)
 
@@ -183,11 +183,13 @@ def prune_digests(digests: str, keep: list[int]) -> None:
         os.remove(os.path.join(digests, name))
 
 
-def _ignore_reads_after_a_failed_restore() -> None:
-  """Stops the noise of one failed restore: when one array's read fails, Orbax closes its
-  event loop while TensorStore still completes the other reads, and each completion's
-  callback raises RuntimeError('Event loop is closed') as an unraisable exception (hundreds
-  of tracebacks after the one warning line). Only that error is dropped; installed once."""
+def ignore_io_after_a_failure() -> None:
+  """Stops the noise of one failed restore or save: when one array's read or write fails,
+  Orbax closes its event loop while TensorStore still completes the others, and each
+  completion's callback raises RuntimeError('Event loop is closed') as an unraisable
+  exception (hundreds of tracebacks around the one line that says what failed, some before
+  the failure reaches the caller). Only that error is dropped; called before the reads or
+  writes that may fail, installed once."""
   previous = sys.unraisablehook
   if getattr(previous, 'ignores_closed_loops', False):
     return
@@ -232,6 +234,7 @@ def restore_verified(manager: ocp.CheckpointManager, state, digests: str, aside:
   saves those steps again and pruning only ever removes checkpoints older than a good one.
   No intact checkpoint at all is an errors.InputError.
   """
+  ignore_io_after_a_failure()
   steps = sorted(manager.all_steps(), reverse=True)
   bad = []
   for step in steps:
@@ -243,7 +246,6 @@ def restore_verified(manager: ocp.CheckpointManager, state, digests: str, aside:
         restored = restore_state(manager, state, step)
         problem = _check_digest(restored, digests, step)
     except Exception as error:  # pylint: disable=broad-except  # any unreadable file
-      _ignore_reads_after_a_failed_restore()
       problem = f'cannot be read ({_short(error)})'
     if problem is None:
       break
@@ -294,12 +296,12 @@ def check_resumable(manager: ocp.CheckpointManager, model) -> None:
   before anything compiles and before the workdir's config.json is overwritten. Takes the
   loop's own manager: with several processes, every one must make the same Orbax calls.
   """
+  ignore_io_after_a_failure()
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       saved = manager.item_metadata(step)
       saved = {key: saved[key] for key in ('params', 'batch_stats')}
     except Exception:  # pylint: disable=broad-except  # unreadable: restore_verified names it
-      _ignore_reads_after_a_failed_restore()
       continue
     check_fits(saved, variable_shapes(model),
                f'The checkpoint to resume, {manager.directory} (step {step}),',
@@ -309,6 +311,7 @@ def check_resumable(manager: ocp.CheckpointManager, model) -> None:
 
 def load_trained_variables(workdir: str, which: str = 'best') -> tuple[Any, int]:
   """({'params', 'batch_stats'}, step) of the best (by mIoU) or latest checkpoint in `workdir`."""
+  ignore_io_after_a_failure()
   if which not in ('best', 'latest'):
     raise errors.InputError(f"which={which!r}: use 'best' or 'latest'.")
   workdir = os.path.abspath(workdir)
@@ -327,9 +330,5 @@ def load_trained_variables(workdir: str, which: str = 'best') -> tuple[Any, int]
   step = manager.best_step() if which == 'best' else manager.latest_step()
   if step is None:
     raise FileNotFoundError(missing)
-  try:
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
-  except Exception:
-    _ignore_reads_after_a_failed_restore()
-    raise
+  restored = manager.restore(step, args=ocp.args.StandardRestore())
   return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, step
