@@ -141,6 +141,10 @@ class WorkdirLock:
         os.link(aside, self.path)
       except FileExistsError:
         pass
+      except OSError:  # no hard links: renamed back unless a third run has taken it
+        if not os.path.exists(self.path):
+          os.rename(aside, self.path)
+          return False
       os.remove(aside)
       return False
     os.remove(aside)
