@@ -49,10 +49,10 @@ def test_a_second_lock_is_refused_naming_the_holder_until_released(tmp_path):
 
 
 _RACE = """
-import sys, time
+import os, sys, time
 from psp_jax.base import errors
 from psp_jax.training import workdir_lock
-workdir, start = sys.argv[1], float(sys.argv[2])
+workdir, start, release = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 lock = workdir_lock.WorkdirLock(workdir)
 time.sleep(max(0.0, start - time.time() - 0.05))
 while time.time() < start:
@@ -60,7 +60,9 @@ while time.time() < start:
 try:
   lock.acquire()
   print('took it', flush=True)
-  time.sleep(5)  # held while the others try
+  deadline = time.time() + 120
+  while not os.path.exists(release) and time.time() < deadline:  # held while others try
+    time.sleep(0.05)
 except errors.InputError:
   print('refused', flush=True)
 """
@@ -74,10 +76,15 @@ def test_of_runs_started_at_the_same_moment_exactly_one_takes_the_lock(tmp_path,
   if before == 'stale_lock':
     _write_lock(tmp_path, pid=_dead_pid())
   start = time.time() + 10  # after every process has imported psp_jax
-  processes = [subprocess.Popen([sys.executable, '-c', _RACE, str(tmp_path), str(start)],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for _ in range(6)]
-  outcomes = [p.communicate(timeout=120)[0].strip() for p in processes]
+  release = tmp_path / 'release'  # the holders hold until all the others have tried
+  processes = [subprocess.Popen([sys.executable, '-c', _RACE, str(tmp_path), str(start),
+                                 str(release)], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(6)]
+  deadline = time.time() + 90
+  while sum(p.poll() is not None for p in processes) < 5 and time.time() < deadline:
+    time.sleep(0.1)
+  release.touch()
+  outcomes = [p.communicate(timeout=150)[0].strip() for p in processes]
   assert sorted(outcomes) == ['refused'] * 5 + ['took it'], outcomes
 
 
