@@ -27,6 +27,7 @@ _MAX_LISTED = 20  # mismatched arrays listed in the error; a different depth dif
 
 def save_variables(directory: str | os.PathLike, variables: Any, force: bool = False) -> str:
   """Writes `variables` to `directory` (which must not exist unless `force`). Returns its path."""
+  _ignore_io_after_a_failure()
   path = os.path.abspath(os.fspath(directory))
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(path, variables, force=force)
@@ -36,6 +37,7 @@ def save_variables(directory: str | os.PathLike, variables: Any, force: bool = F
 
 def load_variables(directory: str | os.PathLike) -> Any:
   """Reads variables written by `save_variables` as a tree of arrays."""
+  _ignore_io_after_a_failure()
   path = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(path):
     raise FileNotFoundError(f'No checkpoint directory at {path}.')
@@ -95,6 +97,7 @@ def managers(workdir: str) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager
   threads met the processes' shutdown barrier in an order that aborted 2-process runs now
   and then.
   """
+  _ignore_io_after_a_failure()
   latest = ocp.CheckpointManager(
       os.path.join(workdir, 'checkpoints'),
       options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
@@ -149,7 +152,6 @@ def save_state(manager: ocp.CheckpointManager, step: int, state, metrics=None,
 def check_saved(manager: ocp.CheckpointManager, step: int, host_state: Any,
                 digests: str) -> str | None:
   """Why checkpoint `step`, read back from disk, is not `host_state` (`save_state`'s), or None."""
-  ignore_io_after_a_failure()
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore(host_state))
   except Exception as error:  # pylint: disable=broad-except  # any unreadable file
@@ -183,13 +185,14 @@ def prune_digests(digests: str, keep: list[int]) -> None:
         os.remove(os.path.join(digests, name))
 
 
-def ignore_io_after_a_failure() -> None:
+def _ignore_io_after_a_failure() -> None:
   """Stops the noise of one failed restore or save: when one array's read or write fails,
   Orbax closes its event loop while TensorStore still completes the others, and each
   completion's callback raises RuntimeError('Event loop is closed') as an unraisable
   exception (hundreds of tracebacks around the one line that says what failed, some before
-  the failure reaches the caller). Only that error is dropped; called before the reads or
-  writes that may fail, installed once."""
+  the failure reaches the caller). Only that error is dropped. Installed once, by whatever
+  opens checkpoints (`managers`, `save_variables`, `load_variables`,
+  `load_trained_variables`), before any read or write that may fail."""
   previous = sys.unraisablehook
   if getattr(previous, 'ignores_closed_loops', False):
     return
@@ -234,7 +237,6 @@ def restore_verified(manager: ocp.CheckpointManager, state, digests: str, aside:
   saves those steps again and pruning only ever removes checkpoints older than a good one.
   No intact checkpoint at all is an errors.InputError.
   """
-  ignore_io_after_a_failure()
   steps = sorted(manager.all_steps(), reverse=True)
   bad = []
   for step in steps:
@@ -296,7 +298,6 @@ def check_resumable(manager: ocp.CheckpointManager, model) -> None:
   before anything compiles and before the workdir's config.json is overwritten. Takes the
   loop's own manager: with several processes, every one must make the same Orbax calls.
   """
-  ignore_io_after_a_failure()
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       saved = manager.item_metadata(step)
@@ -311,7 +312,7 @@ def check_resumable(manager: ocp.CheckpointManager, model) -> None:
 
 def load_trained_variables(workdir: str, which: str = 'best') -> tuple[Any, int]:
   """({'params', 'batch_stats'}, step) of the best (by mIoU) or latest checkpoint in `workdir`."""
-  ignore_io_after_a_failure()
+  _ignore_io_after_a_failure()
   if which not in ('best', 'latest'):
     raise errors.InputError(f"which={which!r}: use 'best' or 'latest'.")
   workdir = os.path.abspath(workdir)

@@ -213,7 +213,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, model, mode: str, pl
   def save(state, step):
     """The data stream's position, then the state (Orbax commits it last, atomically)."""
     check_finite(unchecked, latest)
-    checkpoint.ignore_io_after_a_failure()
     try:
       train_iter.save(step)
       host_state = checkpoint.save_state(latest, step, state, digests=digests)
