@@ -44,6 +44,7 @@ FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))  # the damage the tests do
 from checkpoint_damage import HOW, damage  # pylint: disable=wrong-import-position
+from train_losses import losses  # pylint: disable=wrong-import-position
 TINY = 'tests/tiny_config.py'
 STEPS = 12  # the reference run: checkpoints at 4, 8, 12
 TINY_MODEL = ['--config.model.stem_widths=(4,4,8)', '--config.model.base_width=4',
@@ -165,18 +166,6 @@ class Context:
     if sorted(got) != sorted(reference) or any(v[-1] != reference[s][0] for s, v in got.items()):
       return Outcome('lost', 'losses after the resume differ from the uninterrupted run')
     return None
-
-
-def losses(workdir: str) -> dict[int, list[float]]:
-  """Every train/loss in `workdir`'s TensorBoard files, by step, over all runs."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  values = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.tag == 'train/loss':
-          values.setdefault(event.step, []).append(float(tf.make_ndarray(value.tensor)))
-  return values
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

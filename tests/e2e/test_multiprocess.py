@@ -28,7 +28,8 @@ import evaluate
 import tiny_config
 from psp_jax.models import build_model
 from psp_jax.training import checkpoint, train_loop
-from test_preemption import assert_same_losses, losses
+from test_preemption import assert_same_losses
+from train_losses import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -87,13 +88,13 @@ def train_args(workdir, data_dir, steps, *overrides):
 STEPS = 8
 # A checkpoint every 2 steps, one validation at the end, no preview: the killed runs below
 # resume from these checkpoints and must log this run's losses.
-OVERRIDES = ('--config.eval_every_steps=8', '--config.checkpoint_every_steps=2',
-             '--config.num_preview_images=0')
+SETTINGS = dict(eval_every_steps=STEPS, checkpoint_every_steps=2, num_preview_images=0)
+OVERRIDES = tuple(f'--config.{key}={value}' for key, value in SETTINGS.items())
 
 
 def _config(data_dir, steps):
   config = tiny_config.for_run(data_dir, steps)
-  config.update(eval_every_steps=8, checkpoint_every_steps=2, num_preview_images=0)
+  config.update(**SETTINGS)
   return config
 
 

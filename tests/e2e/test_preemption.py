@@ -19,10 +19,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import tensorflow as tf
 
 import tiny_config
 from checkpoint_damage import damage
+from train_losses import losses
 from psp_jax import build_model
 from psp_jax.training import checkpoint, optimizer, train_loop, train_step
 
@@ -41,17 +41,6 @@ def run(workdir, data_dir, *overrides):
                           text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
-
-
-def losses(workdir) -> dict[int, list[float]]:
-  """Every train/loss value written to TensorBoard in `workdir`, by step, over all runs."""
-  values = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.tag == 'train/loss':
-          values.setdefault(event.step, []).append(float(tf.make_ndarray(value.tensor)))
-  return values
 
 
 def assert_same_losses(workdir, reference, steps=STEPS):
